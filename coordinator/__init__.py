@@ -1,0 +1,1 @@
+"""edgecloud.coordinator: node registry, token router and policies, planners, client-facing API."""

@@ -1,0 +1,203 @@
+"""The Llama family (Llama, Qwen2, SmolLM) in plain PyTorch.
+
+Parameter names mirror Hugging Face's (without the ``model.`` prefix) so checkpoints load
+directly. Three entry points serve the three ways edgecloud runs a model:
+
+- ``forward(ids, cache)``: logits for every position of a window of new tokens, using and
+  extending a per-session KV cache (decoding, and the cloud's batched verification);
+- ``embed`` / ``forward_layers(h, a, b)`` / ``head``: a layer range ``[a, b)`` on hidden
+  states (split computing cuts the model between layers);
+- attention heads and MLP columns live in plain ``nn.Linear`` rows/columns, so a shard is
+  a slice of them (tensor parallelism).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgecloud.models.config import ModelConfig
+from edgecloud.models.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 like the reference implementation."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoPE) with a configurable base ``rope_theta``."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for ``positions`` (T,) -> each (T, D)."""
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (T, D)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (B, H, T, D) by the angles in cos/sin (T, D)."""
+    return (x * cos) + (_rotate_half(x) * sin)
+
+
+def causal_window_mask(num_new: int, num_total: int, device: torch.device) -> torch.Tensor | None:
+    """Boolean mask (T, S) letting new token i see cached tokens and new tokens up to i.
+
+    Returns None when plain causal or no masking is exact (single token, or no cache).
+    """
+    past = num_total - num_new
+    if num_new == 1:
+        return None
+    query_pos = torch.arange(past, num_total, device=device)[:, None]  # (T, 1)
+    key_pos = torch.arange(num_total, device=device)[None, :]  # (1, S)
+    return key_pos <= query_pos  # (T, S)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped key/value heads (GQA) and optional q/k/v bias."""
+
+    def __init__(self, config: ModelConfig, layer_index: int,
+                 num_heads: int | None = None, num_kv_heads: int | None = None) -> None:
+        super().__init__()
+        self.layer_index = layer_index
+        self.num_heads = num_heads or config.num_heads
+        self.num_kv_heads = num_kv_heads or config.num_kv_heads
+        self.head_dim = config.head_dim
+        bias = config.attention_bias
+        d = config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * d, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * d, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * d, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * d, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None) -> torch.Tensor:
+        bsz, seq, _ = x.shape  # (B, T, C)
+        q = self.q_proj(x).view(bsz, seq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
+        v = self.v_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = apply_rotary(q, cos, sin)
+        k = apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.append(self.layer_index, k, v)  # (B, KV, S, D)
+        total = k.shape[2]
+        mask = causal_window_mask(seq, total, x.device)
+        is_causal = mask is not None and total == seq
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=None if is_causal else mask,
+            is_causal=is_causal,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )  # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(bsz, seq, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm transformer block: attention then MLP, each with a residual."""
+
+    def __init__(self, config: ModelConfig, layer_index: int) -> None:
+        super().__init__()
+        self.self_attn = Attention(config, layer_index)
+        self.mlp = MLP(config.hidden_size, config.intermediate_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    """A decoder-only Llama-family language model."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
+            config.hidden_size, config.vocab_size, bias=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    def new_cache(self, batch_size: int = 1, layers: range | None = None,
+                  initial_capacity: int = 256) -> KVCache:
+        """An empty KV cache for ``layers`` (default: all of them)."""
+        cfg = self.config
+        return KVCache(
+            range(cfg.num_layers) if layers is None else layers,
+            batch_size, cfg.num_kv_heads, cfg.head_dim,
+            dtype=self.dtype, device=self.device, initial_capacity=initial_capacity,
+        )
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> hidden states (B, T, C)."""
+        return self.embed_tokens(input_ids)
+
+    def forward_layers(self, hidden: torch.Tensor, start: int, end: int,
+                       cache: KVCache | None = None) -> torch.Tensor:
+        """Run layers ``[start, end)`` on hidden states (B, T, C), extending ``cache`` if given.
+
+        The new tokens' positions follow the tokens already cached for layer ``start``.
+        """
+        if not 0 <= start <= end <= self.config.num_layers:
+            raise ValueError(f"layer range [{start}, {end}) is outside [0, {self.config.num_layers})")
+        past = cache.length(start) if cache is not None and start < end else 0
+        positions = torch.arange(past, past + hidden.shape[1], device=hidden.device)
+        cos, sin = self.rotary(positions, hidden.dtype)
+        for layer in self.layers[start:end]:
+            hidden = layer(hidden, cos, sin, cache)
+        return hidden
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head: hidden (B, T, C) -> float32 logits (B, T, V)."""
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(self.norm(hidden), weight).float()
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for a window of new tokens (B, T) after those in ``cache``."""
+        hidden = self.forward_layers(self.embed(input_ids), 0, self.config.num_layers, cache)
+        return self.head(hidden)

@@ -1,0 +1,1 @@
+"""edgecloud.kernels: compute and communication kernels. Imports nothing else of edgecloud."""

@@ -1,0 +1,1 @@
+"""edgecloud.simulator: link model, shaping proxy, experiment runner, discrete-event fleet mode."""
