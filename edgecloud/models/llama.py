@@ -197,7 +197,11 @@ class LlamaModel(nn.Module):
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(self.norm(hidden), weight).float()
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, V) for a window of new tokens (B, T) after those in ``cache``."""
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                last_n: int | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for a window of new tokens (B, T) after those in ``cache``.
+
+        ``last_n`` keeps only the last n positions' logits (prefill needs just one).
+        """
         hidden = self.forward_layers(self.embed(input_ids), 0, self.config.num_layers, cache)
-        return self.head(hidden)
+        return self.head(hidden if last_n is None else hidden[:, -last_n:])
