@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from edgecloud.models.config import ModelConfig
 from edgecloud.models.generate import SamplingParams, generate_ids, select_token
 from edgecloud.models.loader import build_model
-from edgecloud.models.config import ModelConfig
 
 transformers = pytest.importorskip("transformers")
 

@@ -1,0 +1,222 @@
+"""The hybrid token router: the edge model writes, the policy decides when the cloud checks.
+
+It runs in-process on the edge node (no network hop per token) and depends only on two small
+interfaces, so that tests and the discrete-event simulator drive the very same loop:
+
+- an ``EdgeDrafter`` (the SLM with its cache: draft / feed / rollback);
+- a ``CloudLink`` (one verification round trip: context tokens the cloud has not seen plus a
+  window of draft tokens -> how many it accepts and its own next token).
+
+Flagged tokens that follow each other form one window checked in one round trip; the first
+unflagged token after a window is dropped, because the cloud's own next token comes back
+with the verdict and takes its place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from edgecloud.coordinator.features import TokenFeatures
+from edgecloud.coordinator.policies import QueryPolicy, RoutingPolicy, SlmOnly
+
+EDGE = "edge"
+CLOUD = "cloud"
+
+
+class EdgeDrafter(Protocol):
+    compute_s: float
+
+    @property
+    def num_tokens(self) -> int: ...
+    def draft(self) -> tuple[int, TokenFeatures]: ...
+    def feed(self, token: int) -> None: ...
+    def rollback(self, num_tokens: int, then_feed: list[int]) -> None: ...
+
+
+@dataclass(frozen=True)
+class LinkVerdict:
+    accepted: int
+    next_token: int
+    cloud_compute_s: float = 0.0
+    network_s: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+class CloudLink(Protocol):
+    async def verify(self, context: list[int], draft: list[int]) -> LinkVerdict: ...
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    token_id: int
+    source: str  # EDGE or CLOUD: who produced the token
+    checked: bool  # an edge token the cloud verified
+
+
+@dataclass
+class Accounting:
+    """Per-request bookkeeping; ``cloud_share`` counts tokens produced or checked by the cloud."""
+
+    edge_tokens: int = 0  # produced by the edge (checked or not)
+    cloud_tokens: int = 0  # produced by the cloud
+    checked_tokens: int = 0  # edge tokens the cloud verified
+    round_trips: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    edge_compute_s: float = 0.0
+    cloud_compute_s: float = 0.0
+    network_s: float = 0.0
+    wall_s: float = 0.0
+    drafted_tokens: int = 0  # including ones the cloud rejected or that were dropped
+    window_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.edge_tokens + self.cloud_tokens
+
+    @property
+    def cloud_share(self) -> float:
+        return (self.cloud_tokens + self.checked_tokens) / self.total_tokens if self.total_tokens else 0.0
+
+    @property
+    def round_trips_per_token(self) -> float:
+        return self.round_trips / self.total_tokens if self.total_tokens else 0.0
+
+
+class HybridRouter:
+    """Generates one request's tokens; iterate ``run()`` for the events, then read ``accounting``."""
+
+    def __init__(self, policy: RoutingPolicy, cloud: CloudLink, prompt_ids: list[int], *,
+                 drafter: EdgeDrafter | None, max_new_tokens: int, stop_ids: Iterable[int] = ()) -> None:
+        if max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        if policy.uses_edge_draft and drafter is None:
+            raise ValueError(f"policy {policy.name!r} needs an edge drafter")
+        self.policy = policy
+        self.cloud = cloud
+        self.drafter = drafter
+        self.max_new_tokens = max_new_tokens
+        self.stop_ids = frozenset(stop_ids)
+        self.accounting = Accounting()
+        self._unseen = list(prompt_ids)  # tokens the cloud has not seen yet
+        self._emitted = 0
+        self._done = False
+
+    async def run(self) -> AsyncIterator[TokenEvent]:
+        started = time.perf_counter()
+        try:
+            if not self.policy.uses_edge_draft:
+                async for event in self._cloud_only():
+                    yield event
+            elif isinstance(self.policy, QueryPolicy):
+                async for event in self._query_level():
+                    yield event
+            else:
+                async for event in self._token_level():
+                    yield event
+        finally:
+            self.accounting.wall_s = time.perf_counter() - started
+            if self.drafter is not None:
+                self.accounting.edge_compute_s = self.drafter.compute_s
+
+    def _emit(self, token: int, source: str, checked: bool) -> TokenEvent | None:
+        """Account for a final token; None (and done) at a stop token or the length limit."""
+        if self._done or token in self.stop_ids:
+            self._done = True
+            return None
+        acc = self.accounting
+        if source == CLOUD:
+            acc.cloud_tokens += 1
+        else:
+            acc.edge_tokens += 1
+            acc.checked_tokens += checked
+        self._emitted += 1
+        self._done = self._emitted >= self.max_new_tokens
+        return TokenEvent(token, source, checked)
+
+    async def _round_trip(self, draft: list[int]) -> LinkVerdict:
+        verdict = await self.cloud.verify(self._unseen, draft)
+        acc = self.accounting
+        acc.round_trips += 1
+        acc.cloud_compute_s += verdict.cloud_compute_s
+        acc.network_s += verdict.network_s
+        acc.bytes_up += verdict.bytes_up
+        acc.bytes_down += verdict.bytes_down
+        acc.window_sizes.append(len(draft))
+        self._unseen = [verdict.next_token]
+        return verdict
+
+    async def _cloud_only(self) -> AsyncIterator[TokenEvent]:
+        while not self._done:
+            verdict = await self._round_trip([])
+            if (event := self._emit(verdict.next_token, CLOUD, False)) is not None:
+                yield event
+
+    async def _query_level(self) -> AsyncIterator[TokenEvent]:
+        assert isinstance(self.policy, QueryPolicy) and self.drafter is not None
+        probe: list[int] = []
+        features: list[TokenFeatures] = []
+        while len(probe) < min(self.policy.probe_tokens, self.max_new_tokens):
+            token, feats = self.drafter.draft()
+            self.accounting.drafted_tokens += 1
+            probe.append(token)
+            features.append(feats)
+            if token in self.stop_ids:
+                break
+            self.drafter.feed(token)
+        if not self.policy.decide(features):  # the edge keeps the request
+            for token in probe:
+                if (event := self._emit(token, EDGE, False)) is not None:
+                    yield event
+            self._unseen.extend(probe)
+            self.policy = SlmOnly(seed=self.policy.seed)
+            async for event in self._token_level():
+                yield event
+            return
+        verdict = await self._round_trip(probe)
+        for token in probe[:verdict.accepted]:
+            if (event := self._emit(token, EDGE, True)) is not None:
+                yield event
+        if (event := self._emit(verdict.next_token, CLOUD, False)) is not None:
+            yield event
+        async for event in self._cloud_only():
+            yield event
+
+    async def _token_level(self) -> AsyncIterator[TokenEvent]:
+        drafter = self.drafter
+        assert drafter is not None
+        acc = self.accounting
+        while not self._done:
+            token, feats = drafter.draft()
+            acc.drafted_tokens += 1
+            if not self.policy.flags(feats):
+                if (event := self._emit(token, EDGE, False)) is not None:
+                    yield event
+                    drafter.feed(token)
+                    self._unseen.append(token)
+                continue
+            base = drafter.num_tokens
+            window = [token]
+            budget = self.max_new_tokens - self._emitted
+            while len(window) < min(self.policy.max_window, budget) and token not in self.stop_ids:
+                drafter.feed(token)
+                token, feats = drafter.draft()
+                acc.drafted_tokens += 1
+                if not self.policy.flags(feats):
+                    break  # dropped: the cloud's next token takes this place
+                window.append(token)
+            verdict = await self._round_trip(window)
+            self.policy.after_verification(len(window), verdict.accepted)
+            for accepted in window[:verdict.accepted]:
+                if (event := self._emit(accepted, EDGE, True)) is not None:
+                    yield event
+            if (event := self._emit(verdict.next_token, CLOUD, False)) is not None:
+                yield event
+            if not self._done:
+                fed = drafter.num_tokens - base  # window tokens already in the SLM's cache
+                keep = min(fed, verdict.accepted)
+                drafter.rollback(base + keep, then_feed=[*window[keep:verdict.accepted], verdict.next_token])

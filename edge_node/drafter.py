@@ -1,0 +1,62 @@
+"""The edge model for one request: drafts tokens with their features, rolls back on rejection."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from edgecloud.coordinator.features import TokenFeatures, token_features
+
+from edgecloud.models.generate import SamplingParams, select_token
+from edgecloud.models.llama import LlamaModel
+
+
+class Drafter:
+    """Holds the SLM's KV cache for one request and the logits for the next position."""
+
+    def __init__(self, model: LlamaModel, prompt_ids: list[int], *, sampling: SamplingParams = SamplingParams(),
+                 with_hidden: bool = False, capacity: int = 1024) -> None:
+        if not prompt_ids:
+            raise ValueError("prompt is empty")
+        self.model = model
+        self.sampling = sampling
+        self.with_hidden = with_hidden
+        self._generator = sampling.generator()
+        self.cache = model.new_cache(initial_capacity=capacity)
+        self.prompt_len = len(prompt_ids)
+        self.compute_s = 0.0
+        self._logits: torch.Tensor  # (V,) for the position after the cache's end
+        self._hidden: torch.Tensor | None = None
+        self._advance(prompt_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in the SLM's cache (prompt + fed tokens)."""
+        return self.cache.length()
+
+    def draft(self) -> tuple[int, TokenFeatures]:
+        """The SLM's choice for the next position and its features (does not advance)."""
+        started = time.perf_counter()
+        token = select_token(self._logits, self.sampling, self._generator)
+        features = token_features(self._logits, self.num_tokens - self.prompt_len, self._hidden)
+        self.compute_s += time.perf_counter() - started
+        return token, features
+
+    def feed(self, token: int) -> None:
+        """Advance the cache by one token."""
+        self._advance([token])
+
+    def rollback(self, num_tokens: int, then_feed: list[int]) -> None:
+        """Forget cached tokens after ``num_tokens``, then feed ``then_feed`` (ending with the cloud's token)."""
+        self.cache.crop(num_tokens)
+        self._advance(then_feed)
+
+    @torch.inference_mode()
+    def _advance(self, tokens: list[int]) -> None:
+        started = time.perf_counter()
+        ids = torch.tensor([tokens], device=self.model.device)
+        hidden = self.model.forward_layers(self.model.embed(ids), 0, self.model.config.num_layers, self.cache)
+        last = hidden[:, -1:]
+        self._logits = self.model.head(last)[0, -1]
+        self._hidden = self.model.norm(last)[0, -1].float() if self.with_hidden else None
+        self.compute_s += time.perf_counter() - started
