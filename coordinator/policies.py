@@ -54,6 +54,10 @@ class RoutingPolicy(ABC):
         """The quantity compared with the threshold (for calibration); higher = more uncertain."""
         raise PolicyError(f"policy {self.name!r} has no per-token score to calibrate")
 
+    def calibrate(self, features: Sequence[TokenFeatures], share: float) -> float:
+        """Threshold that would flag about ``share`` of the tokens described by ``features``."""
+        return self.threshold_for_share([self.score(f) for f in features], share)
+
     @classmethod
     def threshold_for_share(cls, scores: Sequence[float], share: float) -> float:
         """Threshold that flags about ``share`` of tokens whose scores are given."""
@@ -106,8 +110,7 @@ class RandomPolicy(RoutingPolicy):
     def flags(self, features: TokenFeatures) -> bool:
         return self._rng.random() < self.threshold
 
-    @classmethod
-    def threshold_for_share(cls, scores: Sequence[float], share: float) -> float:
+    def calibrate(self, features: Sequence[TokenFeatures], share: float) -> float:
         if not 0 <= share <= 1:
             raise PolicyError(f"target cloud share {share} is out of range [0, 1]")
         return share

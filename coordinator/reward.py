@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from edgecloud.coordinator.features import TokenFeatures
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from edgecloud.coordinator.features import TokenFeatures
 
 SCALAR_FEATURES = ("entropy", "max_prob", "margin", "log_position")
 KNOWN_FEATURES = ("hidden", *SCALAR_FEATURES)

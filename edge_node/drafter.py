@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import torch
-from edgecloud.coordinator.features import TokenFeatures, token_features
 
+from edgecloud.coordinator.features import TokenFeatures, token_features
 from edgecloud.models.generate import SamplingParams, select_token
 from edgecloud.models.llama import LlamaModel
 

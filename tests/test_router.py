@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from edgecloud.cloud_node.local_link import InProcessCloudLink
 from edgecloud.cloud_node.sessions import SessionStore
 from edgecloud.coordinator.features import TokenFeatures
 from edgecloud.coordinator.policies import PolicyError, RoutingPolicy, make_policy
 from edgecloud.coordinator.router import CLOUD, EDGE, HybridRouter
 from edgecloud.edge_node.drafter import Drafter
-
 from edgecloud.models.generate import generate_ids
 
 PROMPT = [3, 14, 15, 9, 2, 6]
