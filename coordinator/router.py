@@ -31,9 +31,9 @@ class EdgeDrafter(Protocol):
 
     @property
     def num_tokens(self) -> int: ...
-    def draft(self) -> tuple[int, TokenFeatures]: ...
-    def feed(self, token: int) -> None: ...
-    def rollback(self, num_tokens: int, then_feed: list[int]) -> None: ...
+    async def draft(self) -> tuple[int, TokenFeatures]: ...
+    async def feed(self, token: int) -> None: ...
+    async def rollback(self, num_tokens: int, then_feed: list[int]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -161,13 +161,13 @@ class HybridRouter:
         probe: list[int] = []
         features: list[TokenFeatures] = []
         while len(probe) < min(self.policy.probe_tokens, self.max_new_tokens):
-            token, feats = self.drafter.draft()
+            token, feats = await self.drafter.draft()
             self.accounting.drafted_tokens += 1
             probe.append(token)
             features.append(feats)
             if token in self.stop_ids:
                 break
-            self.drafter.feed(token)
+            await self.drafter.feed(token)
         if not self.policy.decide(features):  # the edge keeps the request
             for token in probe:
                 if (event := self._emit(token, EDGE, False)) is not None:
@@ -191,20 +191,20 @@ class HybridRouter:
         assert drafter is not None
         acc = self.accounting
         while not self._done:
-            token, feats = drafter.draft()
+            token, feats = await drafter.draft()
             acc.drafted_tokens += 1
             if not self.policy.flags(feats):
                 if (event := self._emit(token, EDGE, False)) is not None:
                     yield event
-                    drafter.feed(token)
+                    await drafter.feed(token)
                     self._unseen.append(token)
                 continue
             base = drafter.num_tokens
             window = [token]
             budget = self.max_new_tokens - self._emitted
             while len(window) < min(self.policy.max_window, budget) and token not in self.stop_ids:
-                drafter.feed(token)
-                token, feats = drafter.draft()
+                await drafter.feed(token)
+                token, feats = await drafter.draft()
                 acc.drafted_tokens += 1
                 if not self.policy.flags(feats):
                     break  # dropped: the cloud's next token takes this place
@@ -219,4 +219,4 @@ class HybridRouter:
             if not self._done:
                 fed = drafter.num_tokens - base  # window tokens already in the SLM's cache
                 keep = min(fed, verdict.accepted)
-                drafter.rollback(base + keep, then_feed=[*window[keep:verdict.accepted], verdict.next_token])
+                await drafter.rollback(base + keep, then_feed=[*window[keep:verdict.accepted], verdict.next_token])

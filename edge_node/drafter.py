@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import torch
@@ -60,3 +61,28 @@ class Drafter:
         self._logits = self.model.head(last)[0, -1]
         self._hidden = self.model.norm(last)[0, -1].float() if self.with_hidden else None
         self.compute_s += time.perf_counter() - started
+
+
+class ThreadedDrafter:
+    """A ``Drafter`` seen through the router's async interface: compute runs in a worker thread,
+    so the node's event loop keeps serving other calls meanwhile."""
+
+    def __init__(self, drafter: Drafter) -> None:
+        self._drafter = drafter
+
+    @property
+    def compute_s(self) -> float:
+        return self._drafter.compute_s
+
+    @property
+    def num_tokens(self) -> int:
+        return self._drafter.num_tokens
+
+    async def draft(self) -> tuple[int, TokenFeatures]:
+        return await asyncio.to_thread(self._drafter.draft)
+
+    async def feed(self, token: int) -> None:
+        await asyncio.to_thread(self._drafter.feed, token)
+
+    async def rollback(self, num_tokens: int, then_feed: list[int]) -> None:
+        await asyncio.to_thread(self._drafter.rollback, num_tokens, then_feed)

@@ -11,7 +11,7 @@ from edgecloud.cloud_node.sessions import SessionStore
 from edgecloud.coordinator.features import TokenFeatures
 from edgecloud.coordinator.policies import PolicyError, RoutingPolicy, make_policy
 from edgecloud.coordinator.router import CLOUD, EDGE, HybridRouter
-from edgecloud.edge_node.drafter import Drafter
+from edgecloud.edge_node.drafter import Drafter, ThreadedDrafter
 from edgecloud.models.generate import generate_ids
 
 PROMPT = [3, 14, 15, 9, 2, 6]
@@ -21,7 +21,7 @@ MAX_NEW = 24
 def route(slm, llm, policy: RoutingPolicy, prompt=PROMPT, max_new=MAX_NEW, stop_ids=()):
     store = SessionStore(llm)
     link = InProcessCloudLink(store)
-    drafter = Drafter(slm, prompt) if policy.uses_edge_draft else None
+    drafter = ThreadedDrafter(Drafter(slm, prompt)) if policy.uses_edge_draft else None
     router = HybridRouter(policy, link, prompt, drafter=drafter, max_new_tokens=max_new, stop_ids=stop_ids)
 
     async def collect():

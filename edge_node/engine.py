@@ -1,0 +1,124 @@
+"""The edge node's domain logic: one request = tokenizer + SLM drafter + policy + cloud link.
+
+``EdgeEngine.generate`` turns a validated request into a stream of ``TextEvent``s (text
+pieces with their token and source) followed by the request's ``Accounting``. The gRPC
+servicer only translates; the cloud is reached through whatever ``CloudLink`` factory the
+node was given (gRPC in the daemon, in-process in tests and the evaluation engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+from edgecloud.coordinator.calibration import calibration_texts, teacher_forced_features
+from edgecloud.coordinator.features import TokenFeatures
+from edgecloud.coordinator.policies import PolicyError, RoutingPolicy, make_policy
+from edgecloud.coordinator.router import Accounting, CloudLink, HybridRouter
+from edgecloud.edge_node.drafter import Drafter, ThreadedDrafter
+from edgecloud.models.generate import SamplingParams
+from edgecloud.models.llama import LlamaModel
+from edgecloud.models.tokenizer import Tokenizer
+
+
+class RequestError(ValueError):
+    """A generation request that cannot be served as asked (bad policy, empty prompt, ...)."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    max_tokens: int = 256
+    policy: str = "slm-only"
+    threshold: float | None = None
+    target_cloud_share: float | None = None
+    temperature: float = 0.0
+    seed: int = 0
+    chat: bool = True
+    assistant_prefix: str = ""  # opens the assistant turn, e.g. "```python\n"
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TextEvent:
+    text: str
+    token_id: int
+    source: str
+    checked: bool
+
+
+CloudLinkFactory = Callable[[GenerationRequest], CloudLink]
+
+
+class EdgeEngine:
+    """The SLM with its tokenizer, serving requests one router per request."""
+
+    def __init__(self, model: LlamaModel, tokenizer: Tokenizer, *, max_tokens_limit: int = 4096,
+                 reward_head=None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_tokens_limit = max_tokens_limit
+        self.reward_head = reward_head
+        self._calibration: list[TokenFeatures] | None = None
+        self._model_lock = asyncio.Lock()  # one SLM forward at a time on this device
+
+    def validate(self, request: GenerationRequest) -> RoutingPolicy:
+        """Check a request and build its policy; ``RequestError`` says what is wrong."""
+        if not request.prompt.strip():
+            raise RequestError("prompt is empty")
+        if not 0 < request.max_tokens <= self.max_tokens_limit:
+            raise RequestError(f"max_tokens must be in [1, {self.max_tokens_limit}], got {request.max_tokens}")
+        if request.temperature < 0:
+            raise RequestError(f"temperature must be >= 0, got {request.temperature}")
+        if request.target_cloud_share is not None and not 0 <= request.target_cloud_share <= 1:
+            raise RequestError(f"target_cloud_share must be in [0, 1], got {request.target_cloud_share}")
+        options = {"reward_head": self.reward_head} if request.policy == "reward" else {}
+        try:
+            policy = make_policy(request.policy, request.threshold, seed=request.seed, **options)
+            if request.target_cloud_share is not None:
+                threshold = policy.calibrate(self.calibration_features(policy.needs_hidden),
+                                             request.target_cloud_share)
+                policy = make_policy(request.policy, threshold, seed=request.seed, **options)
+        except PolicyError as exc:
+            raise RequestError(str(exc)) from exc
+        return policy
+
+    def calibration_features(self, with_hidden: bool = False) -> list[TokenFeatures]:
+        """SLM features on the calibration split (computed once, then reused)."""
+        if self._calibration is None or (with_hidden and self._calibration[0].hidden is None):
+            features: list[TokenFeatures] = []
+            for text in calibration_texts():
+                ids = self.tokenizer.encode(text)[:512]
+                features.extend(teacher_forced_features(self.model, ids, with_hidden=with_hidden))
+            self._calibration = features
+        return self._calibration
+
+    async def generate(self, request: GenerationRequest, cloud: CloudLinkFactory
+                       ) -> AsyncIterator[TextEvent | Accounting]:
+        """Events for each new token, then the request's accounting."""
+        policy = self.validate(request)
+        prompt_ids = self.tokenizer.prompt_ids(request.prompt, chat=request.chat,
+                                               assistant_prefix=request.assistant_prefix)
+        sampling = SamplingParams(temperature=request.temperature, seed=request.seed)
+        async with self._model_lock:
+            drafter = None
+            if policy.uses_edge_draft:
+                drafter = await asyncio.to_thread(Drafter, self.model, prompt_ids, sampling=sampling,
+                                                  with_hidden=policy.needs_hidden)
+            router = HybridRouter(policy, cloud(request), prompt_ids, drafter=drafter and ThreadedDrafter(drafter),
+                                  max_new_tokens=request.max_tokens, stop_ids=self.tokenizer.eos_token_ids)
+            decoder = self.tokenizer.stream_decoder()
+            text = ""
+            async for event in router.run():
+                piece = decoder.push(event.token_id)
+                text += piece
+                yield TextEvent(piece, event.token_id, event.source, event.checked)
+                if _hit_stop(text, request.stop):
+                    break
+        yield router.accounting
+
+
+def _hit_stop(text: str, stops: Sequence[str]) -> bool:
+    return any(stop and stop in text for stop in stops)
+
