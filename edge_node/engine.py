@@ -40,6 +40,9 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
 
 
+NO_TOKEN = -1  # a TextEvent that only flushes text held back for an incomplete character
+
+
 @dataclass(frozen=True)
 class TextEvent:
     text: str
@@ -110,12 +113,16 @@ class EdgeEngine:
                                   max_new_tokens=request.max_tokens, stop_ids=self.tokenizer.eos_token_ids)
             decoder = self.tokenizer.stream_decoder()
             text = ""
+            last = None
             async for event in router.run():
                 piece = decoder.push(event.token_id)
                 text += piece
+                last = event
                 yield TextEvent(piece, event.token_id, event.source, event.checked)
                 if _hit_stop(text, request.stop):
                     break
+            if last is not None and (rest := decoder.flush()):
+                yield TextEvent(rest, NO_TOKEN, last.source, last.checked)
         yield router.accounting
 
 

@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from tokenizers import Tokenizer as BackendTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from edgecloud.models.config import ModelConfig
 from edgecloud.models.llama import LlamaModel
 
 TINY_VOCAB = 64
+CHATML = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TOKENIZER_CORPUS = ["def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
+                    "héllo wörld ✓ — naïve café 日本語", "for i in range(10):\n    print(i)\n"] * 20
+
+
+def write_tiny_tokenizer(folder: Path, vocab_size: int = 300) -> Path:
+    """A byte-level BPE tokenizer folder (tokenizer.json + config with a ChatML template)."""
+    backend = BackendTokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size,
+                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(TOKENIZER_CORPUS, trainer)
+    backend.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"chat_template": CHATML, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+         "tokenizer_class": "PreTrainedTokenizerFast"}))
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 0]}))
+    return folder
 
 
 def tiny_model(seed: int, *, layers: int = 2, vocab: int = TINY_VOCAB, hidden: int = 32) -> LlamaModel:
@@ -32,3 +62,14 @@ def slm() -> LlamaModel:
 @pytest.fixture(scope="session")
 def llm() -> LlamaModel:
     return tiny_model(2, layers=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_folder(tmp_path_factory) -> Path:
+    return write_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def make_tiny_model():
+    """The ``tiny_model`` builder, for tests that need their own sizes."""
+    return tiny_model

@@ -125,6 +125,13 @@ class StreamDecoder:
             return text[len(prefix):]
         return ""
 
+    def flush(self) -> str:
+        """Text still held back at the end of the stream (an incomplete character decodes as U+FFFD)."""
+        prefix = self._tokenizer.decode(self._ids[self._prefix_offset:self._read_offset])
+        text = self._tokenizer.decode(self._ids[self._prefix_offset:])
+        self._prefix_offset = self._read_offset = len(self._ids)
+        return text[len(prefix):]
+
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
