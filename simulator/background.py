@@ -1,0 +1,47 @@
+"""An asyncio event loop on a background thread, for synchronous callers (gRPC sync clients,
+tests, scripts) that need proxies running beside them."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """``with LoopThread() as lt: link = lt.run(ShapingProxy.create(...))``."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="edgecloud-netem", daemon=True)
+
+    def __enter__(self) -> LoopThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, coro: Awaitable[T], timeout_s: float | None = 60.0) -> T:
+        """Run a coroutine on the loop and wait for its result."""
+        async def wrapper() -> T:
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(timeout_s)
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call a plain function on the loop's thread and wait for its result."""
+        async def wrapper() -> T:
+            return fn(*args)
+
+        return self.run(wrapper())
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+        if not self.loop.is_running():
+            self.loop.close()
