@@ -98,7 +98,7 @@ class DirectionProfile:
     def lossy(self) -> bool:
         if self.loss_model == "bernoulli":
             return self.loss_pct > 0
-        return self.ge_good_to_bad_pct > 0 and self.ge_loss_in_bad_pct > 0 or self.ge_loss_in_good_pct > 0
+        return (self.ge_good_to_bad_pct > 0 and self.ge_loss_in_bad_pct > 0) or self.ge_loss_in_good_pct > 0
 
     @property
     def shaped(self) -> bool:
@@ -190,7 +190,8 @@ def _direction_updates(data: Mapping[str, Any], base: DirectionProfile, base_dir
         if key in allowed_extra:
             continue
         if key not in _DIRECTION_KEYS:
-            raise ConfigError(key, f"unknown key; expected one of {', '.join(sorted(_DIRECTION_KEYS))}")
+            known = sorted(_DIRECTION_KEYS | allowed_extra)
+            raise ConfigError(key, f"unknown key; expected one of {', '.join(known)}")
         if key == "trace_file":
             if not isinstance(value, str):
                 raise ConfigError(key, f"must be a path string, got {value!r}")
