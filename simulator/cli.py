@@ -40,7 +40,7 @@ async def _serve(control: str, config: Path | None) -> None:
 @app.command()
 def serve(
     control: Annotated[str, typer.Option(help="HOST:PORT of the HTTP control API")] = "127.0.0.1:8474",
-    config: Annotated[Path | None, typer.Option(help="links.toml with [links.NAME] tables",
+    config: Annotated[Path | None, typer.Option(help="links.toml with \\[links.NAME] tables",
                                                 exists=True, dir_okay=False)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log link events")] = False,
 ) -> None:

@@ -142,7 +142,8 @@ class Jitter:
 
 
 class Loss:
-    """Per-segment loss (Bernoulli or Gilbert–Elliott) turned into retransmission delay."""
+    """Per-segment loss (Bernoulli or Gilbert–Elliott) turned into retransmission delay: ``rto``
+    for a lost segment, doubling for each lost retransmission (drawn at the long-run loss rate)."""
 
     def __init__(self, profile: DirectionProfile, rng: random.Random) -> None:
         self.model = profile.loss_model
@@ -155,6 +156,11 @@ class Loss:
         self.active = profile.lossy
         self.rng = rng
         self.bad = False
+        if self.model == "bernoulli":
+            self.retry_p = self.p
+        else:  # a retransmission comes an RTO later: use the chain's long-run loss rate
+            share_bad = self.to_bad / (self.to_bad + self.to_good) if self.to_bad + self.to_good else 0.0
+            self.retry_p = share_bad * self.loss_bad + (1 - share_bad) * self.loss_good
 
     def _lost(self) -> bool:
         if self.model == "bernoulli":
@@ -174,7 +180,7 @@ class Loss:
             if self._lost():
                 lost += 1
                 extra, rto, tries = self.rto_s, self.rto_s, 1
-                while tries < MAX_RETRANSMISSIONS and self._lost():
+                while tries < MAX_RETRANSMISSIONS and self.rng.random() < self.retry_p:
                     rto *= 2
                     extra += rto
                     tries += 1

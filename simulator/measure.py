@@ -27,22 +27,40 @@ async def start_echo_server(host: str = "127.0.0.1", port: int = 0) -> asyncio.S
     return await asyncio.get_running_loop().create_server(_Echo, host, port)
 
 
+class Pinger:
+    """One TCP connection to an echo server; ``rtts_ms`` sends sequential pings over it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float) -> None:
+        self.reader, self.writer, self.timeout_s = reader, writer, timeout_s
+
+    @classmethod
+    async def connect(cls, host: str, port: int, *, timeout_s: float = 30.0) -> Pinger:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer, timeout_s)
+
+    async def rtts_ms(self, count: int, *, payload_bytes: int = 32) -> list[float]:
+        payload = b"p" * payload_bytes
+        rtts = []
+        for _ in range(count):
+            start = time.perf_counter()
+            self.writer.write(payload)
+            await asyncio.wait_for(self.reader.readexactly(payload_bytes), self.timeout_s)
+            rtts.append((time.perf_counter() - start) * 1e3)
+        return rtts
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 async def ping_rtts_ms(host: str, port: int, count: int, *, payload_bytes: int = 32,
                        timeout_s: float = 30.0) -> list[float]:
     """Round-trip times (ms) of ``count`` sequential pings over one TCP connection to an echo server."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    payload = b"p" * payload_bytes
-    rtts = []
+    pinger = await Pinger.connect(host, port, timeout_s=timeout_s)
     try:
-        for _ in range(count):
-            start = time.perf_counter()
-            writer.write(payload)
-            await asyncio.wait_for(reader.readexactly(payload_bytes), timeout_s)
-            rtts.append((time.perf_counter() - start) * 1e3)
+        return await pinger.rtts_ms(count, payload_bytes=payload_bytes)
     finally:
-        writer.close()
-    return rtts
+        pinger.close()
 
 
 @dataclass
