@@ -35,6 +35,10 @@ class SessionInputError(ValueError):
     """A request that cannot be run (empty window, token ids out of range, too long)."""
 
 
+class SessionExists(SessionInputError):
+    """A client-chosen session id that is already taken."""
+
+
 @dataclass(frozen=True)
 class SessionLimits:
     max_sessions: int = 64
@@ -89,7 +93,7 @@ class SessionStore:
         session = CloudSession(sid, self.model.new_cache(), sampling, sampling.generator())
         with self._lock:
             if sid in self._sessions:
-                raise SessionInputError(f"session {sid!r} already exists")
+                raise SessionExists(f"session {sid!r} already exists")
             self._sessions[sid] = session
             self._evict(keep=sid)
         return sid

@@ -73,6 +73,8 @@ class Accounting:
     wall_s: float = 0.0
     drafted_tokens: int = 0  # including ones the cloud rejected or that were dropped
     window_sizes: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    finish_reason: str = ""  # "length", "eos" or (set by the caller) "stop"
 
     @property
     def total_tokens(self) -> int:
@@ -101,7 +103,7 @@ class HybridRouter:
         self.drafter = drafter
         self.max_new_tokens = max_new_tokens
         self.stop_ids = frozenset(stop_ids)
-        self.accounting = Accounting()
+        self.accounting = Accounting(prompt_tokens=len(prompt_ids))
         self._unseen = list(prompt_ids)  # tokens the cloud has not seen yet
         self._emitted = 0
         self._done = False
@@ -125,8 +127,11 @@ class HybridRouter:
 
     def _emit(self, token: int, source: str, checked: bool) -> TokenEvent | None:
         """Account for a final token; None (and done) at a stop token or the length limit."""
-        if self._done or token in self.stop_ids:
+        if self._done:
+            return None
+        if token in self.stop_ids:
             self._done = True
+            self.accounting.finish_reason = "eos"
             return None
         acc = self.accounting
         if source == CLOUD:
@@ -135,7 +140,9 @@ class HybridRouter:
             acc.edge_tokens += 1
             acc.checked_tokens += checked
         self._emitted += 1
-        self._done = self._emitted >= self.max_new_tokens
+        if self._emitted >= self.max_new_tokens:
+            self._done = True
+            self.accounting.finish_reason = "length"
         return TokenEvent(token, source, checked)
 
     async def _round_trip(self, draft: list[int]) -> LinkVerdict:

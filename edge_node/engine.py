@@ -38,6 +38,7 @@ class GenerationRequest:
     chat: bool = True
     assistant_prefix: str = ""  # opens the assistant turn, e.g. "```python\n"
     stop: tuple[str, ...] = ()
+    draft_window: int = 0  # 0 = the policy's default
 
 
 NO_TOKEN = -1  # a TextEvent that only flushes text held back for an incomplete character
@@ -76,7 +77,11 @@ class EdgeEngine:
             raise RequestError(f"temperature must be >= 0, got {request.temperature}")
         if request.target_cloud_share is not None and not 0 <= request.target_cloud_share <= 1:
             raise RequestError(f"target_cloud_share must be in [0, 1], got {request.target_cloud_share}")
+        if not 0 <= request.draft_window <= 64:
+            raise RequestError(f"draft_window must be in [0, 64], got {request.draft_window}")
         options = {"reward_head": self.reward_head} if request.policy == "reward" else {}
+        if request.policy == "speculative" and request.draft_window:
+            options["window"] = request.draft_window
         try:
             policy = make_policy(request.policy, request.threshold, seed=request.seed, **options)
             if request.target_cloud_share is not None:
@@ -85,6 +90,8 @@ class EdgeEngine:
                 policy = make_policy(request.policy, threshold, seed=request.seed, **options)
         except PolicyError as exc:
             raise RequestError(str(exc)) from exc
+        if request.draft_window and request.policy != "speculative":
+            policy.max_window = request.draft_window
         return policy
 
     def calibration_features(self, with_hidden: bool = False) -> list[TokenFeatures]:
@@ -97,10 +104,13 @@ class EdgeEngine:
             self._calibration = features
         return self._calibration
 
-    async def generate(self, request: GenerationRequest, cloud: CloudLinkFactory
-                       ) -> AsyncIterator[TextEvent | Accounting]:
-        """Events for each new token, then the request's accounting."""
-        policy = self.validate(request)
+    async def generate(self, request: GenerationRequest, cloud: CloudLinkFactory, *,
+                       policy: RoutingPolicy | None = None) -> AsyncIterator[TextEvent | Accounting]:
+        """Events for each new token, then the request's accounting.
+
+        ``policy``: the one ``validate`` built for this request (validated again if None).
+        """
+        policy = policy or self.validate(request)
         prompt_ids = self.tokenizer.prompt_ids(request.prompt, chat=request.chat,
                                                assistant_prefix=request.assistant_prefix)
         sampling = SamplingParams(temperature=request.temperature, seed=request.seed)
@@ -120,6 +130,7 @@ class EdgeEngine:
                 last = event
                 yield TextEvent(piece, event.token_id, event.source, event.checked)
                 if _hit_stop(text, request.stop):
+                    router.accounting.finish_reason = "stop"
                     break
             if last is not None and (rest := decoder.flush()):
                 yield TextEvent(rest, NO_TOKEN, last.source, last.checked)

@@ -6,3 +6,12 @@ the CLI. Heavy modules are imported lazily so that ``import edgecloud`` stays ch
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``edgecloud.Client`` and friends, imported on first use."""
+    if name in ("Client", "AsyncClient", "EdgecloudError", "TokenEvent", "Summary"):
+        from edgecloud import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'edgecloud' has no attribute {name!r}")

@@ -85,6 +85,20 @@ class ModelConfig:
             eos_token_ids=eos_ids,
         )
 
+    def to_hf(self) -> dict[str, Any]:
+        """The Hugging Face ``config.json`` dict for this config."""
+        arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[self.model_type]
+        eos = list(self.eos_token_ids)
+        return {"architectures": [arch], "model_type": self.model_type, "vocab_size": self.vocab_size,
+                "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
+                "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
+                "num_key_value_heads": self.num_kv_heads, "head_dim": self.head_dim,
+                "rms_norm_eps": self.rms_norm_eps, "rope_theta": self.rope_theta,
+                "max_position_embeddings": self.max_position_embeddings,
+                "tie_word_embeddings": self.tie_word_embeddings, "attention_bias": self.attention_bias,
+                "bos_token_id": self.bos_token_id, "eos_token_id": eos[0] if len(eos) == 1 else eos or None,
+                "hidden_act": "silu"}
+
     @classmethod
     def from_folder(cls, folder: str | Path) -> ModelConfig:
         """Read ``config.json`` from a Hugging Face-style model folder."""

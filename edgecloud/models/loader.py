@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from edgecloud.models.config import ModelConfig
 from edgecloud.models.llama import LlamaModel, RotaryEmbedding
@@ -81,3 +81,20 @@ def resolve_source(source: str | Path) -> Path:
     from edgecloud.models import zoo
 
     return zoo.resolve(str(source))
+
+
+def model_display_name(source: str | Path) -> str:
+    """How a node names its model to others: the zoo name, or the folder/file name of a path."""
+    text = str(source)
+    return Path(text).name if ("/" in text or Path(text).exists()) and not text.startswith("hf://") else text
+
+
+def save_model(model: LlamaModel, folder: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (Hugging Face names) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(model.config.to_hf(), indent=2))
+    state = {("lm_head.weight" if name == "lm_head.weight" else f"model.{name}"): t.contiguous()
+             for name, t in model.state_dict().items() if not name.startswith("rotary.")}
+    save_file(state, str(folder / "model.safetensors"))
+    return folder

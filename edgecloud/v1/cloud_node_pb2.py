@@ -26,15 +26,15 @@ from edgecloud.v1 import common_pb2 as edgecloud_dot_v1_dot_common__pb2
 from edgecloud.v1 import tensor_pb2 as edgecloud_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65\x64gecloud/v1/cloud_node.proto\x12\x0c\x65\x64gecloud.v1\x1a\x19\x65\x64gecloud/v1/common.proto\x1a\x19\x65\x64gecloud/v1/tensor.proto\"\x7f\n\x11\x41\x63\x63\x65ptanceOptions\x12*\n\x04rule\x18\x01 \x01(\x0e\x32\x1c.edgecloud.v1.AcceptanceRule\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\x11\n\x04seed\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\x05\x42\x07\n\x05_seed\"\x86\x01\n\x12OpenSessionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x33\n\nacceptance\x18\x03 \x01(\x0b\x32\x1f.edgecloud.v1.AcceptanceOptions\x12\x12\n\nsession_id\x18\x04 \x01(\t\"\xa3\x01\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0esession_tokens\x18\x02 \x01(\x05\x12\x11\n\tcompute_s\x18\x03 \x01(\x01\x12\x12\n\nvocab_size\x18\x04 \x01(\x05\x12\x19\n\x11max_window_tokens\x18\x05 \x01(\x05\x12\x1e\n\x16max_tokens_per_session\x18\x06 \x01(\x05\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"6\n\rExtendRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\";\n\x0e\x45xtendResponse\x12\x16\n\x0esession_tokens\x18\x01 \x01(\x05\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\"k\n\rVerifyRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x11\x63ontext_token_ids\x18\x02 \x03(\x05\x12\x17\n\x0f\x64raft_token_ids\x18\x03 \x03(\x05\x12\x12\n\nwant_top_k\x18\x04 \x01(\x05\"2\n\x0bTopLogprobs\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\"\xac\x01\n\x0eVerifyResponse\x12\x15\n\rllm_token_ids\x18\x01 \x03(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\x12\x15\n\rnext_token_id\x18\x03 \x01(\x05\x12/\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x19.edgecloud.v1.TopLogprobs\x12\x11\n\tcompute_s\x18\x05 \x01(\x01\x12\x16\n\x0esession_tokens\x18\x06 \x01(\x05\"}\n\x0eRunTailRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bstart_layer\x18\x02 \x01(\x05\x12+\n\rhidden_states\x18\x03 \x01(\x0b\x32\x14.edgecloud.v1.Tensor\x12\x1a\n\x12last_position_only\x18\x04 \x01(\x08\"J\n\x0fRunTailResponse\x12$\n\x06logits\x18\x01 \x01(\x0b\x32\x14.edgecloud.v1.Tensor\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\"\x17\n\x15GetCloudStatusRequest\"\xff\x02\n\x0b\x43loudStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x10\n\x08sessions\x18\x03 \x01(\x05\x12\x14\n\x0cmax_sessions\x18\x04 \x01(\x05\x12\x10\n\x08kv_bytes\x18\x05 \x01(\x03\x12\x14\n\x0cmax_kv_bytes\x18\x06 \x01(\x03\x12\x1e\n\x16max_tokens_per_session\x18\x07 \x01(\x05\x12\x19\n\x11max_window_tokens\x18\x08 \x01(\x05\x12\x11\n\tevictions\x18\t \x01(\x03\x12\x14\n\x0cverify_calls\x18\n \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x0b \x01(\x03\x12.\n\x0c\x63\x61pabilities\x18\x0c \x03(\x0e\x32\x18.edgecloud.v1.Capability\x12-\n\x07\x63ompute\x18\r \x01(\x0b\x32\x1c.edgecloud.v1.ComputeProfile\x12\x10\n\x08uptime_s\x18\x0e \x01(\x01\x12\x0f\n\x07version\x18\x0f \x01(\t*\x97\x01\n\x0e\x41\x63\x63\x65ptanceRule\x12\x1f\n\x1b\x41\x43\x43\x45PTANCE_RULE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x41\x43\x43\x45PTANCE_RULE_EXACT_MATCH\x10\x01\x12\x19\n\x15\x41\x43\x43\x45PTANCE_RULE_TOP_K\x10\x02\x12(\n$ACCEPTANCE_RULE_SPECULATIVE_SAMPLING\x10\x03\x32\xd5\x03\n\tCloudNode\x12R\n\x0bOpenSession\x12 .edgecloud.v1.OpenSessionRequest\x1a!.edgecloud.v1.OpenSessionResponse\x12U\n\x0c\x43loseSession\x12!.edgecloud.v1.CloseSessionRequest\x1a\".edgecloud.v1.CloseSessionResponse\x12\x43\n\x06\x45xtend\x12\x1b.edgecloud.v1.ExtendRequest\x1a\x1c.edgecloud.v1.ExtendResponse\x12\x43\n\x06Verify\x12\x1b.edgecloud.v1.VerifyRequest\x1a\x1c.edgecloud.v1.VerifyResponse\x12\x46\n\x07RunTail\x12\x1c.edgecloud.v1.RunTailRequest\x1a\x1d.edgecloud.v1.RunTailResponse\x12K\n\tGetStatus\x12#.edgecloud.v1.GetCloudStatusRequest\x1a\x19.edgecloud.v1.CloudStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65\x64gecloud/v1/cloud_node.proto\x12\x0c\x65\x64gecloud.v1\x1a\x19\x65\x64gecloud/v1/common.proto\x1a\x19\x65\x64gecloud/v1/tensor.proto\"\x7f\n\x11\x41\x63\x63\x65ptanceOptions\x12*\n\x04rule\x18\x01 \x01(\x0e\x32\x1c.edgecloud.v1.AcceptanceRule\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\x11\n\x04seed\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\x05\x42\x07\n\x05_seed\"\x86\x01\n\x12OpenSessionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x33\n\nacceptance\x18\x03 \x01(\x0b\x32\x1f.edgecloud.v1.AcceptanceOptions\x12\x12\n\nsession_id\x18\x04 \x01(\t\"\xa3\x01\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0esession_tokens\x18\x02 \x01(\x05\x12\x11\n\tcompute_s\x18\x03 \x01(\x01\x12\x12\n\nvocab_size\x18\x04 \x01(\x05\x12\x19\n\x11max_window_tokens\x18\x05 \x01(\x05\x12\x1e\n\x16max_tokens_per_session\x18\x06 \x01(\x05\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"6\n\rExtendRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\";\n\x0e\x45xtendResponse\x12\x16\n\x0esession_tokens\x18\x01 \x01(\x05\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\"\x9f\x01\n\rVerifyRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x11\x63ontext_token_ids\x18\x02 \x03(\x05\x12\x17\n\x0f\x64raft_token_ids\x18\x03 \x03(\x05\x12\x12\n\nwant_top_k\x18\x04 \x01(\x05\x12\x32\n\topen_with\x18\x05 \x01(\x0b\x32\x1f.edgecloud.v1.AcceptanceOptions\"2\n\x0bTopLogprobs\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\"\xc0\x01\n\x0eVerifyResponse\x12\x15\n\rllm_token_ids\x18\x01 \x03(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\x12\x15\n\rnext_token_id\x18\x03 \x01(\x05\x12/\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x19.edgecloud.v1.TopLogprobs\x12\x11\n\tcompute_s\x18\x05 \x01(\x01\x12\x16\n\x0esession_tokens\x18\x06 \x01(\x05\x12\x12\n\nsession_id\x18\x07 \x01(\t\"}\n\x0eRunTailRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bstart_layer\x18\x02 \x01(\x05\x12+\n\rhidden_states\x18\x03 \x01(\x0b\x32\x14.edgecloud.v1.Tensor\x12\x1a\n\x12last_position_only\x18\x04 \x01(\x08\"J\n\x0fRunTailResponse\x12$\n\x06logits\x18\x01 \x01(\x0b\x32\x14.edgecloud.v1.Tensor\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\"\x17\n\x15GetCloudStatusRequest\"\xff\x02\n\x0b\x43loudStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x10\n\x08sessions\x18\x03 \x01(\x05\x12\x14\n\x0cmax_sessions\x18\x04 \x01(\x05\x12\x10\n\x08kv_bytes\x18\x05 \x01(\x03\x12\x14\n\x0cmax_kv_bytes\x18\x06 \x01(\x03\x12\x1e\n\x16max_tokens_per_session\x18\x07 \x01(\x05\x12\x19\n\x11max_window_tokens\x18\x08 \x01(\x05\x12\x11\n\tevictions\x18\t \x01(\x03\x12\x14\n\x0cverify_calls\x18\n \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x0b \x01(\x03\x12.\n\x0c\x63\x61pabilities\x18\x0c \x03(\x0e\x32\x18.edgecloud.v1.Capability\x12-\n\x07\x63ompute\x18\r \x01(\x0b\x32\x1c.edgecloud.v1.ComputeProfile\x12\x10\n\x08uptime_s\x18\x0e \x01(\x01\x12\x0f\n\x07version\x18\x0f \x01(\t*\x97\x01\n\x0e\x41\x63\x63\x65ptanceRule\x12\x1f\n\x1b\x41\x43\x43\x45PTANCE_RULE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x41\x43\x43\x45PTANCE_RULE_EXACT_MATCH\x10\x01\x12\x19\n\x15\x41\x43\x43\x45PTANCE_RULE_TOP_K\x10\x02\x12(\n$ACCEPTANCE_RULE_SPECULATIVE_SAMPLING\x10\x03\x32\xd5\x03\n\tCloudNode\x12R\n\x0bOpenSession\x12 .edgecloud.v1.OpenSessionRequest\x1a!.edgecloud.v1.OpenSessionResponse\x12U\n\x0c\x43loseSession\x12!.edgecloud.v1.CloseSessionRequest\x1a\".edgecloud.v1.CloseSessionResponse\x12\x43\n\x06\x45xtend\x12\x1b.edgecloud.v1.ExtendRequest\x1a\x1c.edgecloud.v1.ExtendResponse\x12\x43\n\x06Verify\x12\x1b.edgecloud.v1.VerifyRequest\x1a\x1c.edgecloud.v1.VerifyResponse\x12\x46\n\x07RunTail\x12\x1c.edgecloud.v1.RunTailRequest\x1a\x1d.edgecloud.v1.RunTailResponse\x12K\n\tGetStatus\x12#.edgecloud.v1.GetCloudStatusRequest\x1a\x19.edgecloud.v1.CloudStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgecloud.v1.cloud_node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCEPTANCERULE']._serialized_start=1668
-  _globals['_ACCEPTANCERULE']._serialized_end=1819
+  _globals['_ACCEPTANCERULE']._serialized_start=1741
+  _globals['_ACCEPTANCERULE']._serialized_end=1892
   _globals['_ACCEPTANCEOPTIONS']._serialized_start=101
   _globals['_ACCEPTANCEOPTIONS']._serialized_end=228
   _globals['_OPENSESSIONREQUEST']._serialized_start=231
@@ -49,20 +49,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXTENDREQUEST']._serialized_end=654
   _globals['_EXTENDRESPONSE']._serialized_start=656
   _globals['_EXTENDRESPONSE']._serialized_end=715
-  _globals['_VERIFYREQUEST']._serialized_start=717
-  _globals['_VERIFYREQUEST']._serialized_end=824
-  _globals['_TOPLOGPROBS']._serialized_start=826
-  _globals['_TOPLOGPROBS']._serialized_end=876
-  _globals['_VERIFYRESPONSE']._serialized_start=879
-  _globals['_VERIFYRESPONSE']._serialized_end=1051
-  _globals['_RUNTAILREQUEST']._serialized_start=1053
-  _globals['_RUNTAILREQUEST']._serialized_end=1178
-  _globals['_RUNTAILRESPONSE']._serialized_start=1180
-  _globals['_RUNTAILRESPONSE']._serialized_end=1254
-  _globals['_GETCLOUDSTATUSREQUEST']._serialized_start=1256
-  _globals['_GETCLOUDSTATUSREQUEST']._serialized_end=1279
-  _globals['_CLOUDSTATUS']._serialized_start=1282
-  _globals['_CLOUDSTATUS']._serialized_end=1665
-  _globals['_CLOUDNODE']._serialized_start=1822
-  _globals['_CLOUDNODE']._serialized_end=2291
+  _globals['_VERIFYREQUEST']._serialized_start=718
+  _globals['_VERIFYREQUEST']._serialized_end=877
+  _globals['_TOPLOGPROBS']._serialized_start=879
+  _globals['_TOPLOGPROBS']._serialized_end=929
+  _globals['_VERIFYRESPONSE']._serialized_start=932
+  _globals['_VERIFYRESPONSE']._serialized_end=1124
+  _globals['_RUNTAILREQUEST']._serialized_start=1126
+  _globals['_RUNTAILREQUEST']._serialized_end=1251
+  _globals['_RUNTAILRESPONSE']._serialized_start=1253
+  _globals['_RUNTAILRESPONSE']._serialized_end=1327
+  _globals['_GETCLOUDSTATUSREQUEST']._serialized_start=1329
+  _globals['_GETCLOUDSTATUSREQUEST']._serialized_end=1352
+  _globals['_CLOUDSTATUS']._serialized_start=1355
+  _globals['_CLOUDSTATUS']._serialized_end=1738
+  _globals['_CLOUDNODE']._serialized_start=1895
+  _globals['_CLOUDNODE']._serialized_end=2364
 # @@protoc_insertion_point(module_scope)

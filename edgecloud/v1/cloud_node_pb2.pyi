@@ -87,16 +87,18 @@ class ExtendResponse(_message.Message):
     def __init__(self, session_tokens: _Optional[int] = ..., compute_s: _Optional[float] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("session_id", "context_token_ids", "draft_token_ids", "want_top_k")
+    __slots__ = ("session_id", "context_token_ids", "draft_token_ids", "want_top_k", "open_with")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     WANT_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    OPEN_WITH_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     context_token_ids: _containers.RepeatedScalarFieldContainer[int]
     draft_token_ids: _containers.RepeatedScalarFieldContainer[int]
     want_top_k: int
-    def __init__(self, session_id: _Optional[str] = ..., context_token_ids: _Optional[_Iterable[int]] = ..., draft_token_ids: _Optional[_Iterable[int]] = ..., want_top_k: _Optional[int] = ...) -> None: ...
+    open_with: AcceptanceOptions
+    def __init__(self, session_id: _Optional[str] = ..., context_token_ids: _Optional[_Iterable[int]] = ..., draft_token_ids: _Optional[_Iterable[int]] = ..., want_top_k: _Optional[int] = ..., open_with: _Optional[_Union[AcceptanceOptions, _Mapping]] = ...) -> None: ...
 
 class TopLogprobs(_message.Message):
     __slots__ = ("token_ids", "logprobs")
@@ -107,20 +109,22 @@ class TopLogprobs(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("llm_token_ids", "accepted", "next_token_id", "top_logprobs", "compute_s", "session_tokens")
+    __slots__ = ("llm_token_ids", "accepted", "next_token_id", "top_logprobs", "compute_s", "session_tokens", "session_id")
     LLM_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
     SESSION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     llm_token_ids: _containers.RepeatedScalarFieldContainer[int]
     accepted: int
     next_token_id: int
     top_logprobs: _containers.RepeatedCompositeFieldContainer[TopLogprobs]
     compute_s: float
     session_tokens: int
-    def __init__(self, llm_token_ids: _Optional[_Iterable[int]] = ..., accepted: _Optional[int] = ..., next_token_id: _Optional[int] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprobs, _Mapping]]] = ..., compute_s: _Optional[float] = ..., session_tokens: _Optional[int] = ...) -> None: ...
+    session_id: str
+    def __init__(self, llm_token_ids: _Optional[_Iterable[int]] = ..., accepted: _Optional[int] = ..., next_token_id: _Optional[int] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprobs, _Mapping]]] = ..., compute_s: _Optional[float] = ..., session_tokens: _Optional[int] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class RunTailRequest(_message.Message):
     __slots__ = ("model", "start_layer", "hidden_states", "last_position_only")

@@ -1,0 +1,45 @@
+"""``python -m edgecloud.cloud_node`` / ``edgecloud cloud``: argument parsing only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from edgecloud.cloud_node.config import CloudConfig
+from edgecloud.daemon_args import add_common_args, security_from_args, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgecloud cloud", description="Serve the cloud LLM (sessions, verification).")
+    p.add_argument("--model", required=True, help="zoo name, HF folder or .gguf file")
+    p.add_argument("--listen", default="127.0.0.1:50052", help="host:port (port 0 = any free port)")
+    p.add_argument("--advertise", help="address others dial (default: listen host and bound port)")
+    p.add_argument("--node-id", default="cloud-0")
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--coordinator", help="coordinator address to register with")
+    p.add_argument("--max-sessions", type=int, default=64)
+    p.add_argument("--max-kv-mib", type=int, default=4096)
+    p.add_argument("--max-window-tokens", type=int, default=4096)
+    add_common_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    config = CloudConfig(model=args.model, listen=args.listen, advertise=args.advertise, node_id=args.node_id,
+                         dtype=args.dtype, coordinator=args.coordinator, max_sessions=args.max_sessions,
+                         max_kv_mib=args.max_kv_mib, max_window_tokens=args.max_window_tokens,
+                         security=security_from_args(args))
+    from edgecloud.cloud_node.node import serve
+
+    try:
+        asyncio.run(serve(config))
+    except (OSError, ValueError) as exc:
+        print(f"edgecloud cloud: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

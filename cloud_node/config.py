@@ -1,0 +1,23 @@
+"""Cloud node configuration (frozen; units in field names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgecloud.rpc import SecurityConfig
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    model: str  # zoo name, HF folder or .gguf
+    listen: str = "127.0.0.1:50052"
+    advertise: str | None = None  # address others dial (default: the bound listen address)
+    node_id: str = "cloud-0"
+    dtype: str = "bfloat16"
+    max_sessions: int = 64
+    max_kv_mib: int = 4096
+    max_tokens_per_session: int = 32768
+    max_window_tokens: int = 4096
+    coordinator: str | None = None  # register and heartbeat there when given
+    heartbeat_interval_s: float = 5.0
+    security: SecurityConfig = field(default_factory=SecurityConfig)

@@ -1,0 +1,56 @@
+"""The cloud node daemon: load the LLM, serve CloudNode over gRPC, register with the coordinator."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from edgecloud import __version__, rpc
+from edgecloud.cloud_node.config import CloudConfig
+from edgecloud.cloud_node.service import CloudNodeServicer
+from edgecloud.cloud_node.sessions import SessionLimits, SessionStore
+from edgecloud.daemon import CoordinatorAgent, serve_until_stopped
+from edgecloud.models.dtypes import parse_dtype
+from edgecloud.models.loader import load_model, model_display_name, resolve_source
+from edgecloud.v1 import cloud_node_pb2_grpc, common_pb2
+
+log = logging.getLogger(__name__)
+
+
+async def serve(config: CloudConfig) -> None:
+    folder = resolve_source(config.model)
+    log.info("loading %s", folder)
+    model = load_model(folder, dtype=parse_dtype(config.dtype))
+    limits = SessionLimits(max_sessions=config.max_sessions, max_kv_bytes=config.max_kv_mib * 2**20,
+                           max_tokens_per_session=config.max_tokens_per_session,
+                           max_window_tokens=config.max_window_tokens)
+    store = SessionStore(model, limits)
+    model_name = model_display_name(config.model)
+    server = rpc.create_server(config.security)
+    cloud_node_pb2_grpc.add_CloudNodeServicer_to_server(
+        CloudNodeServicer(store, node_id=config.node_id, model_name=model_name,
+                          max_message_bytes=rpc.DEFAULT_MAX_MESSAGE_BYTES), server)
+    agent: CoordinatorAgent | None = None
+
+    def load() -> common_pb2.NodeLoad:
+        status = store.status()
+        return common_pb2.NodeLoad(active_sessions=status["sessions"], max_sessions=limits.max_sessions,
+                                   kv_bytes=status["kv_bytes"])
+
+    async def started(address: str) -> None:
+        nonlocal agent
+        if config.coordinator:
+            info = common_pb2.NodeInfo(node_id=config.node_id, role=common_pb2.NODE_ROLE_CLOUD, address=address,
+                                       models=[model_name], capabilities=[common_pb2.CAPABILITY_VERIFY],
+                                       version=__version__, compute=common_pb2.ComputeProfile(
+                                           device=str(model.device), cpu_cores=os.cpu_count() or 0))
+            agent = CoordinatorAgent(config.coordinator, info, load, security=config.security,
+                                     interval_s=config.heartbeat_interval_s)
+            await agent.start()
+
+    async def stopping() -> None:
+        if agent is not None:
+            await agent.close()
+
+    await serve_until_stopped("cloud", server, config.listen, config.security, advertise=config.advertise,
+                              on_started=started, on_stopping=stopping)

@@ -1,0 +1,133 @@
+"""CloudNode gRPC servicer: translates proto <-> ``SessionStore`` calls, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from edgecloud import __version__
+from edgecloud.cloud_node.sessions import SessionExists, SessionInputError, SessionNotFound, SessionStore
+from edgecloud.v1 import cloud_node_pb2 as pb
+from edgecloud.v1 import cloud_node_pb2_grpc as pb_grpc
+from edgecloud.v1 import common_pb2
+from edgecloud.wire import WireError, token_ids
+
+log = logging.getLogger(__name__)
+
+
+class CloudNodeServicer(pb_grpc.CloudNodeServicer):
+    def __init__(self, store: SessionStore, *, node_id: str, model_name: str,
+                 max_message_bytes: int) -> None:
+        self.store = store
+        self.node_id = node_id
+        self.model_name = model_name
+        self.max_message_bytes = max_message_bytes
+        self.started = time.monotonic()
+
+    def _tokens(self, ids) -> list[int]:
+        return token_ids(ids, max_len=self.store.limits.max_window_tokens,
+                         vocab_size=self.store.model.config.vocab_size)
+
+    async def _check_model(self, model: str, context: grpc.aio.ServicerContext) -> None:
+        if model and model != self.model_name:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"model {model!r} is not served here; this node serves {self.model_name!r}")
+
+    async def _open(self, options: pb.AcceptanceOptions, session_id: str, context) -> str:
+        if options.rule not in (pb.ACCEPTANCE_RULE_UNSPECIFIED, pb.ACCEPTANCE_RULE_EXACT_MATCH):
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                f"acceptance rule {pb.AcceptanceRule.Name(options.rule)} is not implemented")
+        try:
+            return self.store.open(temperature=options.temperature,
+                                   seed=options.seed if options.HasField("seed") else None,
+                                   session_id=session_id or None)
+        except SessionExists as exc:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except DOMAIN_ERRORS as exc:
+            await context.abort(*status_for(exc))
+        raise AssertionError("unreachable")
+
+    async def OpenSession(self, request: pb.OpenSessionRequest, context) -> pb.OpenSessionResponse:
+        await self._check_model(request.model, context)
+        try:
+            prompt = self._tokens(request.prompt_token_ids)
+        except DOMAIN_ERRORS as exc:
+            await context.abort(*status_for(exc))
+        sid = await self._open(request.acceptance, request.session_id, context)
+        try:
+            compute_s = 0.0
+            if prompt:
+                compute_s = (await asyncio.to_thread(self.store.verify, sid, prompt, [])).compute_s
+        except DOMAIN_ERRORS as exc:
+            await context.abort(*status_for(exc))
+        limits = self.store.limits
+        return pb.OpenSessionResponse(session_id=sid, session_tokens=len(prompt), compute_s=compute_s,
+                                      vocab_size=self.store.model.config.vocab_size,
+                                      max_window_tokens=limits.max_window_tokens,
+                                      max_tokens_per_session=limits.max_tokens_per_session)
+
+    async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
+        try:
+            self.store.close(request.session_id)
+        except DOMAIN_ERRORS as exc:
+            await context.abort(*status_for(exc))
+        return pb.CloseSessionResponse()
+
+    async def Extend(self, request: pb.ExtendRequest, context) -> pb.ExtendResponse:
+        try:
+            tokens = self._tokens(request.token_ids)
+            verdict = await asyncio.to_thread(self.store.verify, request.session_id, tokens, [])
+        except DOMAIN_ERRORS as exc:
+            await context.abort(*status_for(exc))
+        return pb.ExtendResponse(session_tokens=verdict.session_tokens, compute_s=verdict.compute_s)
+
+    async def Verify(self, request: pb.VerifyRequest, context) -> pb.VerifyResponse:
+        try:
+            ctx = self._tokens(request.context_token_ids)
+            draft = self._tokens(request.draft_token_ids)
+            if not 0 <= request.want_top_k <= 64:
+                raise SessionInputError(f"want_top_k must be in [0, 64], got {request.want_top_k}")
+        except DOMAIN_ERRORS as exc:
+            await context.abort(*status_for(exc))
+        sid = request.session_id
+        if not sid and request.HasField("open_with"):
+            sid = await self._open(request.open_with, "", context)
+        try:
+            verdict = await asyncio.to_thread(self.store.verify, sid, ctx, draft, top_k=request.want_top_k)
+        except DOMAIN_ERRORS as exc:
+            await context.abort(*status_for(exc))
+        return pb.VerifyResponse(
+            llm_token_ids=verdict.llm_tokens, accepted=verdict.accepted, next_token_id=verdict.next_token,
+            top_logprobs=[pb.TopLogprobs(token_ids=[t for t, _ in row], logprobs=[lp for _, lp in row])
+                          for row in verdict.top_logprobs],
+            compute_s=verdict.compute_s, session_tokens=verdict.session_tokens, session_id=sid)
+
+    async def RunTail(self, request: pb.RunTailRequest, context) -> pb.RunTailResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "split computing is not served by this node yet")
+
+    async def GetStatus(self, request: pb.GetCloudStatusRequest, context) -> pb.CloudStatus:
+        status = self.store.status()
+        limits = self.store.limits
+        return pb.CloudStatus(
+            node_id=self.node_id, models=[self.model_name], sessions=status["sessions"],
+            max_sessions=limits.max_sessions, kv_bytes=status["kv_bytes"], max_kv_bytes=limits.max_kv_bytes,
+            max_tokens_per_session=limits.max_tokens_per_session, max_window_tokens=limits.max_window_tokens,
+            evictions=status["evictions"], verify_calls=status["verify_calls"],
+            max_message_bytes=self.max_message_bytes, capabilities=[common_pb2.CAPABILITY_VERIFY],
+            uptime_s=time.monotonic() - self.started, version=__version__)
+
+
+DOMAIN_ERRORS = (SessionNotFound, SessionInputError, WireError)
+
+
+def status_for(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status a domain error is answered with (the server keeps serving)."""
+    log.info("rejected: %s", exc)
+    if isinstance(exc, SessionNotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, SessionInputError) and "limit" in str(exc):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    return grpc.StatusCode.INVALID_ARGUMENT, str(exc)

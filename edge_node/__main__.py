@@ -1,0 +1,47 @@
+"""``python -m edgecloud.edge_node`` / ``edgecloud edge``: argument parsing only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from edgecloud.daemon_args import add_common_args, security_from_args, setup_logging
+from edgecloud.edge_node.config import EdgeConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgecloud edge",
+                                description="Serve the edge SLM with the hybrid token router in-process.")
+    p.add_argument("--model", required=True, help="zoo name, HF folder or .gguf file")
+    p.add_argument("--listen", default="127.0.0.1:50053", help="host:port (port 0 = any free port)")
+    p.add_argument("--advertise", help="address others dial (default: listen host and bound port)")
+    p.add_argument("--node-id", default="edge-0")
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--coordinator", help="coordinator address to register with")
+    p.add_argument("--cloud", help="cloud node address for requests that name none")
+    p.add_argument("--max-tokens-limit", type=int, default=4096)
+    p.add_argument("--cloud-timeout-s", type=float, default=60.0, help="deadline of one verification round trip")
+    p.add_argument("--reward-head", help="trained reward head (safetensors) for the 'reward' policy")
+    add_common_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    config = EdgeConfig(model=args.model, listen=args.listen, advertise=args.advertise, node_id=args.node_id,
+                        dtype=args.dtype, cloud=args.cloud, coordinator=args.coordinator,
+                        max_tokens_limit=args.max_tokens_limit, cloud_timeout_s=args.cloud_timeout_s,
+                        reward_head=args.reward_head, security=security_from_args(args))
+    from edgecloud.edge_node.node import serve
+
+    try:
+        asyncio.run(serve(config))
+    except (OSError, ValueError) as exc:
+        print(f"edgecloud edge: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

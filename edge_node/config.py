@@ -1,0 +1,23 @@
+"""Edge node configuration (frozen; units in field names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgecloud.rpc import SecurityConfig
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    model: str  # zoo name, HF folder or .gguf
+    listen: str = "127.0.0.1:50053"
+    advertise: str | None = None
+    node_id: str = "edge-0"
+    dtype: str = "bfloat16"
+    cloud: str | None = None  # default cloud node when a request names none
+    coordinator: str | None = None
+    heartbeat_interval_s: float = 5.0
+    max_tokens_limit: int = 4096
+    cloud_timeout_s: float = 60.0  # deadline of one verification round trip
+    reward_head: str | None = None  # safetensors file of a trained reward head
+    security: SecurityConfig = field(default_factory=SecurityConfig)

@@ -1,0 +1,259 @@
+"""Client SDK: generate text through a coordinator (or straight from an edge node).
+
+    from edgecloud import Client
+
+    with Client("127.0.0.1:50051") as client:
+        for event in client.generate("def fib(n):", max_tokens=64, policy="entropy", target_cloud_share=0.05):
+            print(event.text, end="")
+        print(client.last_summary)
+
+``AsyncClient`` is the same API for asyncio code (``async for event in client.generate(...)``).
+Every call has a deadline; failures raise ``EdgecloudError`` carrying the gRPC status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import grpc
+
+from edgecloud import rpc
+from edgecloud.v1 import common_pb2, generation_pb2
+from edgecloud.v1 import coordinator_pb2 as coord_pb
+from edgecloud.v1 import coordinator_pb2_grpc as coord_grpc
+from edgecloud.v1 import edge_node_pb2 as edge_pb
+from edgecloud.v1 import edge_node_pb2_grpc as edge_grpc
+
+SOURCES = {common_pb2.SOURCE_EDGE: "edge", common_pb2.SOURCE_CLOUD: "cloud"}
+FINISH = {generation_pb2.FINISH_REASON_LENGTH: "length", generation_pb2.FINISH_REASON_EOS: "eos",
+          generation_pb2.FINISH_REASON_STOP: "stop", generation_pb2.FINISH_REASON_CANCELLED: "cancelled"}
+Target = Literal["auto", "coordinator", "edge"]
+
+
+class EdgecloudError(RuntimeError):
+    """A failed call: ``code`` is the gRPC status (INVALID_ARGUMENT, UNAVAILABLE, ...)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token: its text, id and who produced it (``"edge"`` or ``"cloud"``)."""
+
+    text: str
+    token_id: int  # -1: no token, only text held back for an incomplete character
+    source: str
+    checked: bool  # an edge token that the cloud verified
+    index: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Accounting of one request (the final event of every stream)."""
+
+    edge_tokens: int
+    cloud_tokens: int
+    checked_tokens: int
+    drafted_tokens: int
+    cloud_round_trips: int
+    bytes_up: int
+    bytes_down: int
+    edge_compute_s: float
+    cloud_compute_s: float
+    network_s: float
+    wall_s: float
+    cloud_share: float
+    finish_reason: str
+    prompt_tokens: int
+    policy: str
+    threshold: float | None
+    window_sizes: tuple[int, ...] = field(default=())
+    edge_node_id: str = ""
+    cloud_node_id: str = ""
+
+    @property
+    def output_tokens(self) -> int:
+        return self.edge_tokens + self.cloud_tokens
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.output_tokens / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def round_trips_per_token(self) -> float:
+        return self.cloud_round_trips / self.output_tokens if self.output_tokens else 0.0
+
+    @classmethod
+    def from_proto(cls, s: generation_pb2.GenerationSummary) -> Summary:
+        return cls(s.edge_tokens, s.cloud_tokens, s.checked_tokens, s.drafted_tokens, s.cloud_round_trips,
+                   s.bytes_up, s.bytes_down, s.edge_compute_s, s.cloud_compute_s, s.network_s, s.wall_s,
+                   s.cloud_share, FINISH.get(s.finish_reason, ""), s.prompt_tokens, s.policy,
+                   s.threshold if s.HasField("threshold") else None, tuple(s.window_sizes), s.edge_node_id,
+                   s.cloud_node_id)
+
+
+@dataclass(frozen=True)
+class NodeSummary:
+    node_id: str
+    role: str
+    address: str
+    models: tuple[str, ...]
+    live: bool
+    active_requests: int
+
+
+def build_request(prompt: str, *, max_tokens: int, policy: str, threshold: float | None,
+                  target_cloud_share: float | None, temperature: float, seed: int | None, chat: bool,
+                  assistant_prefix: str, stop: tuple[str, ...], session_id: str,
+                  draft_window: int) -> generation_pb2.GenerateRequest:
+    request = generation_pb2.GenerateRequest(prompt=prompt, max_tokens=max_tokens, policy=policy,
+                                             temperature=temperature, chat=chat, assistant_prefix=assistant_prefix,
+                                             stop=list(stop), session_id=session_id, draft_window=draft_window)
+    if threshold is not None:
+        request.threshold = threshold
+    if target_cloud_share is not None:
+        request.target_cloud_share = target_cloud_share
+    if seed is not None:
+        request.seed = seed
+    return request
+
+
+class AsyncClient:
+    """asyncio client of a coordinator (``target="coordinator"``), an edge node, or either (``"auto"``)."""
+
+    def __init__(self, address: str, *, security: rpc.SecurityConfig | None = None, timeout_s: float = 600.0,
+                 target: Target = "auto") -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self.target = target
+        self._channel = rpc.create_channel(address, security)
+        self._coordinator = coord_grpc.CoordinatorStub(self._channel)
+        self._edge = edge_grpc.EdgeNodeStub(self._channel)
+        self.last_summary: Summary | None = None
+
+    async def generate(self, prompt: str, *, max_tokens: int = 256, policy: str = "slm-only",
+                       threshold: float | None = None, target_cloud_share: float | None = None,
+                       temperature: float = 0.0, seed: int | None = None, chat: bool = True,
+                       assistant_prefix: str = "", stop: tuple[str, ...] = (), session_id: str = "",
+                       draft_window: int = 0, timeout_s: float | None = None) -> AsyncIterator[TokenEvent | Summary]:
+        """Stream ``TokenEvent``s, then one ``Summary`` (also kept as ``last_summary``)."""
+        request = build_request(prompt, max_tokens=max_tokens, policy=policy, threshold=threshold,
+                                target_cloud_share=target_cloud_share, temperature=temperature, seed=seed,
+                                chat=chat, assistant_prefix=assistant_prefix, stop=tuple(stop),
+                                session_id=session_id, draft_window=draft_window)
+        self.last_summary = None
+        try:
+            async for event in self._stream(request, timeout_s or self.timeout_s):
+                if event.HasField("summary"):
+                    self.last_summary = Summary.from_proto(event.summary)
+                    yield self.last_summary
+                    return
+                yield TokenEvent(event.text, event.token_id, SOURCES.get(event.source, "edge"), event.checked,
+                                 event.index)
+        except grpc.aio.AioRpcError as exc:
+            raise EdgecloudError(exc.code(), exc.details() or "") from exc
+
+    async def _stream(self, request: generation_pb2.GenerateRequest, timeout_s: float):
+        if self.target == "edge":
+            async for event in self._edge.Generate(request, timeout=timeout_s):
+                yield event
+            return
+        call = self._coordinator.Generate(request, timeout=timeout_s)
+        try:
+            first = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED or self.target == "coordinator":
+                raise
+            self.target = "edge"  # the address is an edge node, not a coordinator
+            async for event in self._edge.Generate(request, timeout=timeout_s):
+                yield event
+            return
+        self.target = "coordinator"
+        while first is not grpc.aio.EOF:
+            yield first
+            first = await call.read()
+
+    async def text(self, prompt: str, **kwargs) -> str:
+        """The whole generated text of one request."""
+        return "".join([e.text async for e in self.generate(prompt, **kwargs) if isinstance(e, TokenEvent)])
+
+    async def status(self, *, include_stale: bool = False) -> list[NodeSummary]:
+        """Nodes of the cluster (from a coordinator), or the node itself (from an edge node)."""
+        try:
+            if self.target != "edge":
+                try:
+                    reply = await self._coordinator.GetClusterStatus(
+                        coord_pb.GetClusterStatusRequest(include_stale=include_stale), timeout=10.0)
+                    return [NodeSummary(n.info.node_id, _role(n.info.role), n.info.address, tuple(n.info.models),
+                                        n.live, n.load.active_requests) for n in reply.nodes]
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNIMPLEMENTED or self.target == "coordinator":
+                        raise
+            edge = await self._edge.GetStatus(edge_pb.GetEdgeStatusRequest(), timeout=10.0)
+            return [NodeSummary(edge.node_id, "edge", self.address, tuple(edge.models), True,
+                                edge.load.active_requests)]
+        except grpc.aio.AioRpcError as exc:
+            raise EdgecloudError(exc.code(), exc.details() or "") from exc
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+def _role(role: int) -> str:
+    return {common_pb2.NODE_ROLE_EDGE: "edge", common_pb2.NODE_ROLE_CLOUD: "cloud"}.get(role, "unknown")
+
+
+class Client:
+    """Blocking client: the ``AsyncClient`` API driven on a private event loop."""
+
+    def __init__(self, address: str, **kwargs) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._async = self._loop.run_until_complete(_make_async(address, kwargs))
+
+    @property
+    def last_summary(self) -> Summary | None:
+        return self._async.last_summary
+
+    def generate(self, prompt: str, **kwargs) -> Iterator[TokenEvent | Summary]:
+        stream = self._async.generate(prompt, **kwargs)
+        try:
+            while True:
+                try:
+                    yield self._loop.run_until_complete(stream.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._loop.run_until_complete(stream.aclose())
+
+    def text(self, prompt: str, **kwargs) -> str:
+        return "".join(e.text for e in self.generate(prompt, **kwargs) if isinstance(e, TokenEvent))
+
+    def status(self, **kwargs) -> list[NodeSummary]:
+        return self._loop.run_until_complete(self._async.status(**kwargs))
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self._async.close())
+            self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+async def _make_async(address: str, kwargs: dict) -> AsyncClient:
+    return AsyncClient(address, **kwargs)  # a grpc.aio channel must be created inside the loop

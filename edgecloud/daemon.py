@@ -1,0 +1,112 @@
+"""What every edgecloud daemon does around its servicer: bind, announce, register, stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from edgecloud import rpc
+from edgecloud.processes import announce_ready
+from edgecloud.v1 import common_pb2
+from edgecloud.v1 import coordinator_pb2 as coord_pb
+from edgecloud.v1 import coordinator_pb2_grpc as coord_grpc
+
+log = logging.getLogger(__name__)
+
+
+def advertised_address(listen: str, port: int, advertise: str | None) -> str:
+    """The address others dial: ``advertise`` if given, else the listen host with the bound port."""
+    if advertise:
+        return advertise
+    host = listen.rsplit(":", 1)[0] or "127.0.0.1"
+    if host in ("0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+class CoordinatorAgent:
+    """Registers a node with the coordinator and keeps it alive with heartbeats.
+
+    The coordinator may start after the node: registration is retried in the background.
+    A heartbeat answered NOT_FOUND (the coordinator restarted or expired the node) registers
+    again.
+    """
+
+    def __init__(self, coordinator: str, info: common_pb2.NodeInfo, load: Callable[[], common_pb2.NodeLoad],
+                 *, security: rpc.SecurityConfig, interval_s: float = 5.0, rpc_timeout_s: float = 5.0) -> None:
+        self.coordinator = coordinator
+        self.info = info
+        self.load = load
+        self.security = security
+        self.interval_s = interval_s
+        self.rpc_timeout_s = rpc_timeout_s
+        self._channel: grpc.aio.Channel | None = None
+        self._task: asyncio.Task | None = None
+        self.registered = asyncio.Event()
+
+    async def start(self) -> None:
+        self._channel = rpc.create_channel(self.coordinator, self.security)
+        self._task = asyncio.create_task(self._run(coord_grpc.CoordinatorStub(self._channel)))
+
+    async def _run(self, stub: coord_grpc.CoordinatorStub) -> None:
+        registered = False
+        while True:
+            try:
+                if not registered:
+                    reply = await stub.RegisterNode(coord_pb.RegisterNodeRequest(node=self.info, load=self.load()),
+                                                    timeout=self.rpc_timeout_s)
+                    self.interval_s = reply.heartbeat_interval_s or self.interval_s
+                    registered = True
+                    self.registered.set()
+                    log.info("registered %s with coordinator %s", self.info.node_id, self.coordinator)
+                else:
+                    await stub.Heartbeat(coord_pb.HeartbeatRequest(node_id=self.info.node_id, load=self.load()),
+                                         timeout=self.rpc_timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    registered = False
+                    continue
+                log.warning("coordinator %s: %s %s", self.coordinator, exc.code().name, exc.details())
+            await asyncio.sleep(self.interval_s if registered else min(self.interval_s, 1.0))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._channel is not None:
+            if self.registered.is_set():
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await coord_grpc.CoordinatorStub(self._channel).DeregisterNode(
+                        coord_pb.DeregisterNodeRequest(node_id=self.info.node_id), timeout=2.0)
+            await self._channel.close()
+
+
+async def serve_until_stopped(name: str, server: grpc.aio.Server, listen: str, security: rpc.SecurityConfig,
+                              *, advertise: str | None = None,
+                              on_started: Callable[[str], Awaitable[None]] | None = None,
+                              on_stopping: Callable[[], Awaitable[None]] | None = None,
+                              grace_s: float = 5.0) -> None:
+    """Start ``server`` on ``listen``, announce readiness, then run until SIGINT/SIGTERM."""
+    port = await rpc.start_server(server, listen, security)
+    address = advertised_address(listen, port, advertise)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if on_started is not None:
+            await on_started(address)
+        announce_ready(name, address)
+        log.info("%s serving on %s", name, address)
+        await stop.wait()
+        log.info("%s stopping", name)
+    finally:
+        if on_stopping is not None:
+            await on_stopping()
+        await server.stop(grace_s)
