@@ -10,12 +10,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgecloud.simulator.cli import app as netem_app
+
 app = typer.Typer(help="edgecloud: distributed edge-cloud collaborative inference.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
 models_app = typer.Typer(help="Pull and list models of the model zoo.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 err = Console(stderr=True)
+DEMO_PROMPT = "Write a Python function that returns the n-th Fibonacci number iteratively."
 
 DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
 
@@ -98,17 +101,59 @@ def generate(
                   f"in {first_at - started:.2f} s, decode {decode_rate:.2f} tokens/s")
 
 
-def _mount_optional_parts() -> None:
-    """Sub-apps of parts that ship their own typer app (imported when present)."""
+PASS_THROUGH = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
+                "add_help_option": False}
+
+
+@app.command(**PASS_THROUGH)
+def cloud(ctx: typer.Context) -> None:
+    """Run a cloud node (the LLM): `edgecloud cloud --model NAME --listen HOST:PORT` (--help for all)."""
+    from edgecloud.cloud_node.__main__ import main as run
+
+    run(ctx.args)
+
+
+@app.command(**PASS_THROUGH)
+def edge(ctx: typer.Context) -> None:
+    """Run an edge node (the SLM and router): `edgecloud edge --model NAME --coordinator ADDR` (--help)."""
+    from edgecloud.edge_node.__main__ import main as run
+
+    run(ctx.args)
+
+
+@app.command(**PASS_THROUGH)
+def coordinator(ctx: typer.Context) -> None:
+    """Run the coordinator: `edgecloud coordinator --listen HOST:PORT` (--help for all)."""
+    from edgecloud.coordinator.__main__ import main as run
+
+    run(ctx.args)
+
+
+@app.command()
+def demo(
+    prompt: Annotated[str, typer.Option(help="the coding prompt")] = DEMO_PROMPT,
+    max_tokens: Annotated[int, typer.Option(min=1, max=1024)] = 128,
+    policy: Annotated[str, typer.Option(help="routing policy of the hybrid run")] = "entropy",
+    target_cloud_share: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.1,
+    slm: Annotated[str, typer.Option(help="edge model")] = "qwen2.5-coder-0.5b-instruct",
+    llm: Annotated[str, typer.Option(help="cloud model")] = "qwen2.5-coder-1.5b-instruct",
+    compare: Annotated[bool, typer.Option(help="also run SLM-only and LLM-only for the table")] = True,
+) -> None:
+    """Start coordinator, cloud and edge on this machine and run one prompt with hybrid routing."""
+    from edgecloud.demo import run_demo
+
     try:
-        from edgecloud.simulator.cli import app as netem_app
-    except ImportError:
-        return
-    app.add_typer(netem_app, name="netem", help="Network shaping proxy (latency, jitter, rate, loss, outages).")
+        run_demo(prompt=prompt, max_tokens=max_tokens, policy=policy, target_cloud_share=target_cloud_share,
+                 slm=slm, llm=llm, compare=compare)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted; daemons stopped[/]")
+        raise typer.Exit(code=130) from None
+
+
+app.add_typer(netem_app, name="netem")
 
 
 def main() -> None:
-    _mount_optional_parts()
     app()
 
 
