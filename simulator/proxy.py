@@ -275,7 +275,8 @@ class _Connection:
         return self.down if side is self.client else self.up
 
     def side_made(self, side: _Side) -> None:
-        if side is not self.client:
+        if side is self.upstream:
+            self._wire()
             return
         if self.proxy.refusing():
             _reset(self.client.transport)
@@ -301,12 +302,14 @@ class _Connection:
             return
         if self.client.lost:
             _reset(self.upstream.transport)
-            return
+
+    def _wire(self) -> None:
+        """The upstream socket is up (its bytes may follow at once): give both pipes their models."""
         self.models = self.proxy.model.for_connection(self.loop.time())
         self.up.model = self.models["uplink"]
         self.down.model = self.models["downlink"]
-        assert self.client.transport is not None
-        self.client.transport.resume_reading()
+        if self.client.transport is not None and not self.client.lost:
+            self.client.transport.resume_reading()
 
     def side_lost(self, side: _Side, exc: Exception | None) -> None:
         other = self.upstream if side is self.client else self.client
