@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGUFReader
-from gguf.gguf_reader import ReaderTensor
+from gguf import GGUFReader, GGUFValueType
+from gguf.gguf_reader import ReaderField, ReaderTensor
 from gguf.quants import dequantize
 
 from edgecloud.models import gguf_tokenizer
@@ -59,9 +59,26 @@ class GGUFContents:
     generation_config: dict[str, Any]
 
 
+def field_value(field: ReaderField) -> Any:
+    """A metadata field as a Python value (str, int, float, bool, or a list of those)."""
+    kind = field.types[0] if field.types else None
+    element = field.types[-1] if field.types else None
+
+    def one(index: int, value_type: GGUFValueType | None) -> Any:
+        part = field.parts[index]
+        if value_type == GGUFValueType.STRING:
+            return bytes(part).decode("utf-8", errors="replace")
+        value = part.tolist()[0] if len(part) == 1 else part.tolist()
+        return bool(value) if value_type == GGUFValueType.BOOL else value
+
+    if kind == GGUFValueType.ARRAY:
+        return [one(i, element) for i in field.data]
+    return one(field.data[0], kind)
+
+
 def read_metadata(reader: GGUFReader) -> dict[str, Any]:
     """All key/value metadata of an open GGUF file as Python values (``GGUF.*`` header fields left out)."""
-    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+    return {name: field_value(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
 
 
 def hf_tensor_name(gguf_name: str) -> str | None:
