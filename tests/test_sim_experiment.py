@@ -1,0 +1,128 @@
+"""Experiment files: the shipped examples parse; bad input names file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import edgecloud.simulator
+from edgecloud.simulator.cli import app
+from edgecloud.simulator.errors import ConfigError
+from edgecloud.simulator.experiment import load_experiment, parse_experiment
+from edgecloud.simulator.presets import PRESETS
+
+EXAMPLES = sorted((Path(edgecloud.simulator.__file__).parent / "experiments").glob("*.toml"))
+
+MINIMAL = """\
+name = "tiny"
+seed = 1
+
+[[edges]]
+name = "edge0"
+policy = "entropy"
+
+[links.edge0-cloud]
+from = "edge0"
+to = "cloud"
+preset = "4g"
+
+[[timeline]]
+at_s = 10
+link = "edge0-cloud"
+rate_mbps = 1
+
+[workload]
+prompts = ["def f():"]
+request_rate_per_s = 1
+duration_s = 20
+"""
+
+
+def test_examples_parse() -> None:
+    assert len(EXAMPLES) >= 3
+    for path in EXAMPLES:
+        experiment = load_experiment(path)
+        assert experiment.edges and experiment.links and experiment.timeline
+        assert all(e.at_s <= experiment.workload.duration_s for e in experiment.timeline)
+
+
+def test_minimal_experiment_resolves_profiles_and_seeds() -> None:
+    experiment = parse_experiment(MINIMAL)
+    assert experiment.node_names == ("coordinator", "cloud", "edge0")
+    link = experiment.link("edge0-cloud")
+    assert (link.source, link.target) == ("edge0", "cloud")
+    assert link.profile.uplink.latency_ms == PRESETS["4g"].uplink.latency_ms
+    assert link.profile.seed != 0 and link.profile.seed == parse_experiment(MINIMAL).link("edge0-cloud").profile.seed
+    (event,) = experiment.timeline
+    assert event.profile.uplink.rate_mbps == event.profile.downlink.rate_mbps == 1
+    assert event.profile.uplink.latency_ms == link.profile.uplink.latency_ms
+
+
+def test_timeline_sorted_and_outages_resolved() -> None:
+    text = MINIMAL.replace("at_s = 10", "at_s = 15") + """
+[[timeline]]
+at_s = 5
+link = "edge0-cloud"
+outage_s = 2
+outage_mode = "reset"
+"""
+    first, second = parse_experiment(text).timeline
+    assert (first.at_s, first.outage_s, first.profile.outages.scheduled_s) == (5, 2.0, ((0.0, 2.0),))
+    assert first.profile.outages.mode == "reset"
+    assert second.at_s == 15 and not second.profile.outages.scheduled_s  # an outage is a one-off
+
+
+@pytest.mark.parametrize(("old", "new", "line", "key"), [
+    ('name = "tiny"', 'name = "tiny"\ncolour = "red"', 2, "colour"),
+    ('policy = "entropy"', 'policy = "psychic"', 6, "edges[0].policy"),
+    ('policy = "entropy"', 'policy = "entropy"\nthreshold = 99', 7, "edges[0].threshold"),
+    ('policy = "entropy"', 'policy = "entropy"\nmodel = "gpt-9"', 7, "edges[0].model"),
+    ('to = "cloud"', 'to = "moon"', 10, "links.edge0-cloud.to"),
+    ('preset = "4g"', 'preset = "4g"\nrate_mbps = -2', 12, "links.edge0-cloud.rate_mbps"),
+    ('preset = "4g"', 'preset = "4g"\nuplink = { latency = 3 }', 12, "links.edge0-cloud.uplink.latency"),
+    ("at_s = 10", "at_s = 99", 14, "timeline[0].at_s"),
+    ('link = "edge0-cloud"', 'link = "edge9-cloud"', 15, "timeline[0].link"),
+    ("rate_mbps = 1", "rate_mbps = 0", 16, "timeline[0].rate_mbps"),
+    ("rate_mbps = 1", "bandwidth = 1", 16, "timeline[0].bandwidth"),
+    ("request_rate_per_s = 1", "request_rate_per_s = -1", 20, "workload.request_rate_per_s"),
+    ('prompts = ["def f():"]', 'dataset = "imagenet"', 19, "workload.dataset"),
+    ("duration_s = 20", "duration_s = 20\nmax_new_tokens = 1.5", 22, "workload.max_new_tokens"),
+])
+def test_bad_experiments_name_line_and_key(old: str, new: str, line: int, key: str) -> None:
+    assert old in MINIMAL
+    with pytest.raises(ConfigError) as info:
+        parse_experiment(MINIMAL.replace(old, new), source="exp.toml")
+    assert info.value.key == key, str(info.value)
+    assert str(info.value).startswith(f"exp.toml:{line}: {key}: "), str(info.value)
+
+
+def test_structural_errors() -> None:
+    with pytest.raises(ConfigError, match="edgez: unknown key"):
+        parse_experiment(MINIMAL.replace("[[edges]]", "[[edgez]]"))
+    no_edges = MINIMAL.replace('[[edges]]\nname = "edge0"\npolicy = "entropy"\n', "")
+    with pytest.raises(ConfigError, match="edges: missing"):
+        parse_experiment(no_edges)
+    with pytest.raises(ConfigError, match="exactly one of prompts, prompts_file, dataset"):
+        parse_experiment(MINIMAL.replace("prompts = [", 'dataset = "humaneval"\nprompts = ['))
+    with pytest.raises(ConfigError, match="used twice"):
+        parse_experiment(MINIMAL.replace('name = "edge0"', 'name = "cloud"'))
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        parse_experiment(MINIMAL + "\n[broken\n")
+
+
+def test_cli_check(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["check", str(EXAMPLES[0])])
+    assert result.exit_code == 0, result.output
+    assert "experiment" in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text(MINIMAL.replace("rate_mbps = 1", "rate_mbps = -1"))
+    result = runner.invoke(app, ["check", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.toml:16: timeline[0].rate_mbps: must be > 0" in result.output
+    links = tmp_path / "links.toml"
+    links.write_text('[links.a]\nlisten = "127.0.0.1:0"\nupstream = "127.0.0.1:1"\npreset = "lan"\n')
+    result = runner.invoke(app, ["check", str(links)])
+    assert result.exit_code == 0 and "1 links: a" in result.output
