@@ -23,6 +23,10 @@ from typing import Any
 from edgecloud.simulator.profiles import DirectionProfile, LinkProfile
 
 SUBNET = "10.231"
+# The proxy's rates count payload; tc counts whole frames. A full TCP segment carries 1448
+# payload bytes in a 1514-byte frame (Ethernet 14 + IPv4 20 + TCP with timestamps 32), so kernel
+# rates are scaled by this factor to give the same goodput.
+FRAME_OVERHEAD = 1514 / 1448
 
 
 class NetnsUnavailable(RuntimeError):
@@ -78,6 +82,10 @@ def has_netem() -> bool:
     return _probe_qdisc(["netem", "delay", "1ms"]) is None
 
 
+def _kbit(rate_mbps: float) -> str:
+    return f"{round(rate_mbps * 1000 * FRAME_OVERHEAD)}kbit"
+
+
 def qdisc_args(direction: DirectionProfile, *, netem: bool) -> list[str]:
     """The ``tc qdisc replace dev X root ...`` arguments for one direction."""
     if netem:
@@ -99,10 +107,10 @@ def qdisc_args(direction: DirectionProfile, *, netem: bool) -> list[str]:
         elif direction.loss_pct:
             args += ["loss", "random", f"{direction.loss_pct:g}%"]
         if direction.rate_mbps:
-            args += ["rate", f"{direction.rate_mbps * 1000:g}kbit"]
+            args += ["rate", _kbit(direction.rate_mbps)]
         return args
     if direction.rate_mbps:
-        return ["tbf", "rate", f"{direction.rate_mbps * 1000:g}kbit", "burst", str(max(1600, direction.burst_bytes)),
+        return ["tbf", "rate", _kbit(direction.rate_mbps), "burst", str(max(1600, direction.burst_bytes)),
                 "limit", str(direction.queue_bytes)]
     return ["pfifo_fast"]
 

@@ -38,20 +38,20 @@ sock.close()
 def test_netem_arguments() -> None:
     direction = DirectionProfile(latency_ms=20, jitter_ms=2, jitter_distribution="uniform", rate_mbps=10, loss_pct=1)
     assert qdisc_args(direction, netem=True) == ["netem", "limit", "1000", "delay", "20ms", "3.464ms",
-                                                 "loss", "random", "1%", "rate", "10000kbit"]
+                                                 "loss", "random", "1%", "rate", "10456kbit"]
     ge = DirectionProfile(jitter_ms=1, jitter_correlation=0.5, loss_model="gilbert-elliott", ge_good_to_bad_pct=1,
                           ge_bad_to_good_pct=20)
     assert qdisc_args(ge, netem=True)[3:] == ["delay", "0ms", "1ms", "50%", "distribution", "normal", "loss",
                                               "gemodel", "1%", "20%", "100%", "100%"]
     assert qdisc_args(DirectionProfile(rate_mbps=10, burst_bytes=15000), netem=False)[:3] == ["tbf", "rate",
-                                                                                               "10000kbit"]
+                                                                                               "10456kbit"]
 
 
 def test_plan_without_netem_drops_with_iptables() -> None:
     steps = plan("edge0", LinkProfile.symmetric(rate_mbps=5, loss_pct=2), index=7, netem=False)
     assert steps.address_a == "10.231.0.29" and steps.address_b == "10.231.0.30"
     commands = [" ".join(step) for step in steps.setup]
-    assert any("tbf rate 5000kbit" in c for c in commands)
+    assert any("tbf rate 5228kbit" in c for c in commands)
     assert sum("--probability 0.02 -j DROP" in c for c in commands) == 2
     assert all(len(name) <= 15 for name in (steps.dev_a, steps.dev_b))
     assert steps.teardown == (("ip", "netns", "del", steps.ns_a), ("ip", "netns", "del", steps.ns_b))
