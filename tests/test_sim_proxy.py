@@ -214,3 +214,40 @@ def test_zeromq_through_the_proxy() -> None:
         assert times[1] >= 2 * len(payload) * 8 / 50e6  # both ways at 50 Mbit/s
 
     run(main)
+
+
+def test_loss_shows_as_retransmission_delay_not_lost_bytes() -> None:
+    async def main() -> None:
+        echo = await start_echo_server()
+        port = echo.sockets[0].getsockname()[1]
+        profile = LinkProfile(uplink=DirectionProfile(latency_ms=5.0, loss_pct=20.0, rto_ms=60.0),
+                              downlink=DirectionProfile(latency_ms=5.0), seed=4)
+        async with ShapingProxy.create(upstream=(HOST, port), profile=profile) as link:
+            rtts = await ping_rtts_ms(HOST, link.port, 40, payload_bytes=1000)  # every byte comes back
+            lost = link.stats.uplink.lost_segments
+        echo.close()
+        slow = [rtt for rtt in rtts if rtt > 60.0]
+        assert 0 < lost <= len(slow) + 1  # each loss costs at least one RTO
+        assert len(slow) / len(rtts) == pytest.approx(0.2, abs=0.15)
+        assert statistics.median(rtts) == pytest.approx(10.0, rel=0.15)
+
+    run(main)
+
+
+def test_stall_outage_holds_bytes_until_the_link_is_back() -> None:
+    async def main() -> None:
+        echo = await start_echo_server()
+        port = echo.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        async with ShapingProxy.create(upstream=(HOST, port)) as link:
+            pinger = await Pinger.connect(HOST, link.port)
+            await pinger.rtts_ms(2)
+            start = loop.time()
+            link.set_profile(LinkProfile(outages=Outages(scheduled_s=((0.0, 0.4),))))
+            (held,) = await pinger.rtts_ms(1)
+            pinger.close()
+        echo.close()
+        assert loop.time() - start >= 0.4 - 0.002
+        assert held == pytest.approx(400.0, abs=40.0)
+
+    run(main)
