@@ -19,7 +19,7 @@ from typing import Any
 
 from edgecloud.simulator.errors import ConfigError
 from edgecloud.simulator.link_model import DirectionModel, LinkModel
-from edgecloud.simulator.profiles import LinkProfile
+from edgecloud.simulator.profiles import LinkProfile, profile_to_dict
 from edgecloud.simulator.stats import DirectionStats, LinkStats
 
 log = logging.getLogger(__name__)
@@ -456,7 +456,5 @@ class ShapingProxy:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready state of the link (control API)."""
-        from edgecloud.simulator.profiles import profile_to_dict
-
         return {"name": self.name, "listen": self.address, "upstream": f"{self.upstream[0]}:{self.upstream[1]}",
                 "profile": profile_to_dict(self._profile), "stats": self.stats.as_dict()}
