@@ -52,3 +52,25 @@ def test_generates_sensible_code(folder) -> None:
     ids = tokenizer.prompt_ids("def fib(n):")
     text = tokenizer.decode(list(generate_ids(model, ids, max_new_tokens=96, stop_ids=tokenizer.eos_token_ids)))
     assert "def fib" in text and "return" in text
+
+
+def test_real_pair_through_the_daemons(folder, tmp_path) -> None:
+    """Coordinator, cloud (1.5B) and edge (0.5B) as processes: hybrid output and its accounting."""
+    from edgecloud.client import TokenEvent
+    from edgecloud.demo import CODE_FENCE, start_cluster
+    from edgecloud.processes import DaemonGroup
+
+    llm_folder = zoo.pull("qwen2.5-coder-1.5b-instruct", progress=False)
+    with DaemonGroup(log_dir=tmp_path) as group:
+        client = start_cluster(group, folder, llm_folder)
+        request = dict(max_tokens=48, assistant_prefix=CODE_FENCE, stop=("```",))
+        events = list(client.generate("Write a Python function is_even(n).", policy="entropy",
+                                      target_cloud_share=0.2, **request))
+        summary = client.last_summary
+        text = "".join(e.text for e in events if isinstance(e, TokenEvent))
+        assert "def is_even" in text
+        assert summary.output_tokens == sum(isinstance(e, TokenEvent) and e.token_id >= 0 for e in events)
+        assert summary.cloud_round_trips <= summary.cloud_tokens + summary.checked_tokens
+        assert 0.0 <= summary.cloud_share <= 1.0
+        assert (summary.bytes_up > 0) == (summary.cloud_round_trips > 0)
+        client.close()
