@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 
 from edgecloud.cloud_node.config import CloudConfig
-from edgecloud.daemon_args import add_common_args, security_from_args, setup_logging
+from edgecloud.daemon_args import add_common_args, run_daemon, security_from_args, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,11 +32,7 @@ def main(argv: list[str] | None = None) -> None:
                          security=security_from_args(args))
     from edgecloud.cloud_node.node import serve
 
-    try:
-        asyncio.run(serve(config))
-    except (OSError, ValueError) as exc:
-        print(f"edgecloud cloud: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_daemon("edgecloud cloud", serve, config)
 
 
 if __name__ == "__main__":

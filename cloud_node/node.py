@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 
-from edgecloud import __version__, rpc
+from edgecloud import rpc
 from edgecloud.cloud_node.config import CloudConfig
 from edgecloud.cloud_node.service import CloudNodeServicer
 from edgecloud.cloud_node.sessions import SessionLimits, SessionStore
-from edgecloud.daemon import CoordinatorAgent, serve_until_stopped
+from edgecloud.daemon import NodeIdentity, serve_node
 from edgecloud.models.dtypes import parse_dtype
 from edgecloud.models.loader import load_model, model_display_name, resolve_source
 from edgecloud.v1 import cloud_node_pb2_grpc, common_pb2
@@ -30,27 +29,14 @@ async def serve(config: CloudConfig) -> None:
     cloud_node_pb2_grpc.add_CloudNodeServicer_to_server(
         CloudNodeServicer(store, node_id=config.node_id, model_name=model_name,
                           max_message_bytes=rpc.DEFAULT_MAX_MESSAGE_BYTES), server)
-    agent: CoordinatorAgent | None = None
 
     def load() -> common_pb2.NodeLoad:
         status = store.status()
         return common_pb2.NodeLoad(active_sessions=status["sessions"], max_sessions=limits.max_sessions,
                                    kv_bytes=status["kv_bytes"])
 
-    async def started(address: str) -> None:
-        nonlocal agent
-        if config.coordinator:
-            info = common_pb2.NodeInfo(node_id=config.node_id, role=common_pb2.NODE_ROLE_CLOUD, address=address,
-                                       models=[model_name], capabilities=[common_pb2.CAPABILITY_VERIFY],
-                                       version=__version__, compute=common_pb2.ComputeProfile(
-                                           device=str(model.device), cpu_cores=os.cpu_count() or 0))
-            agent = CoordinatorAgent(config.coordinator, info, load, security=config.security,
-                                     interval_s=config.heartbeat_interval_s)
-            await agent.start()
-
-    async def stopping() -> None:
-        if agent is not None:
-            await agent.close()
-
-    await serve_until_stopped("cloud", server, config.listen, config.security, advertise=config.advertise,
-                              on_started=started, on_stopping=stopping)
+    identity = NodeIdentity(config.node_id, common_pb2.NODE_ROLE_CLOUD, model_name, common_pb2.CAPABILITY_VERIFY,
+                            str(model.device))
+    await serve_node("cloud", server, identity, listen=config.listen, security=config.security, load=load,
+                     coordinator=config.coordinator, heartbeat_interval_s=config.heartbeat_interval_s,
+                     advertise=config.advertise)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 
 from edgecloud.coordinator.config import CoordinatorConfig
-from edgecloud.daemon_args import add_common_args, security_from_args, setup_logging
+from edgecloud.daemon_args import add_common_args, run_daemon, security_from_args, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,11 +25,7 @@ def main(argv: list[str] | None = None) -> None:
                                heartbeat_interval_s=args.heartbeat_interval_s, security=security_from_args(args))
     from edgecloud.coordinator.node import serve
 
-    try:
-        asyncio.run(serve(config))
-    except (OSError, ValueError) as exc:
-        print(f"edgecloud coordinator: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_daemon("edgecloud coordinator", serve, config)
 
 
 if __name__ == "__main__":

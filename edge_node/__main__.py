@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 
-from edgecloud.daemon_args import add_common_args, security_from_args, setup_logging
+from edgecloud.daemon_args import add_common_args, run_daemon, security_from_args, setup_logging
 from edgecloud.edge_node.config import EdgeConfig
 
 
@@ -36,11 +34,7 @@ def main(argv: list[str] | None = None) -> None:
                         reward_head=args.reward_head, security=security_from_args(args))
     from edgecloud.edge_node.node import serve
 
-    try:
-        asyncio.run(serve(config))
-    except (OSError, ValueError) as exc:
-        print(f"edgecloud edge: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_daemon("edgecloud edge", serve, config)
 
 
 if __name__ == "__main__":

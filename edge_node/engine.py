@@ -124,14 +124,18 @@ class EdgeEngine:
             decoder = self.tokenizer.stream_decoder()
             text = ""
             last = None
-            async for event in router.run():
-                piece = decoder.push(event.token_id)
-                text += piece
-                last = event
-                yield TextEvent(piece, event.token_id, event.source, event.checked)
-                if _hit_stop(text, request.stop):
-                    router.accounting.finish_reason = "stop"
-                    break
+            events = router.run()
+            try:
+                async for event in events:
+                    piece = decoder.push(event.token_id)
+                    text += piece
+                    last = event
+                    yield TextEvent(piece, event.token_id, event.source, event.checked)
+                    if _hit_stop(text, request.stop):
+                        router.accounting.finish_reason = "stop"
+                        break
+            finally:
+                await events.aclose()  # the router closes its books (wall time, edge compute) here
             if last is not None and (rest := decoder.flush()):
                 yield TextEvent(rest, NO_TOKEN, last.source, last.checked)
         yield router.accounting

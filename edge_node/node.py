@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import grpc
 
-from edgecloud import __version__, rpc
+from edgecloud import rpc
 from edgecloud.coordinator.reward import RewardHead
-from edgecloud.daemon import CoordinatorAgent, serve_until_stopped
+from edgecloud.daemon import NodeIdentity, serve_node
 from edgecloud.edge_node.cloud_client import GrpcCloudLink
 from edgecloud.edge_node.config import EdgeConfig
 from edgecloud.edge_node.engine import EdgeEngine, GenerationRequest
@@ -55,26 +54,12 @@ async def serve(config: EdgeConfig) -> None:
                                 link_factory=channels.link)
     server = rpc.create_server(config.security)
     edge_node_pb2_grpc.add_EdgeNodeServicer_to_server(servicer, server)
-    agent: CoordinatorAgent | None = None
 
     def load() -> common_pb2.NodeLoad:
         return common_pb2.NodeLoad(active_requests=servicer.active_requests, max_sessions=1)
 
-    async def started(address: str) -> None:
-        nonlocal agent
-        if config.coordinator:
-            info = common_pb2.NodeInfo(node_id=config.node_id, role=common_pb2.NODE_ROLE_EDGE, address=address,
-                                       models=[model_name], capabilities=[common_pb2.CAPABILITY_HYBRID_ROUTING],
-                                       version=__version__, compute=common_pb2.ComputeProfile(
-                                           device=str(model.device), cpu_cores=os.cpu_count() or 0))
-            agent = CoordinatorAgent(config.coordinator, info, load, security=config.security,
-                                     interval_s=config.heartbeat_interval_s)
-            await agent.start()
-
-    async def stopping() -> None:
-        if agent is not None:
-            await agent.close()
-        await channels.close()
-
-    await serve_until_stopped("edge", server, config.listen, config.security, advertise=config.advertise,
-                              on_started=started, on_stopping=stopping)
+    identity = NodeIdentity(config.node_id, common_pb2.NODE_ROLE_EDGE, model_name,
+                            common_pb2.CAPABILITY_HYBRID_ROUTING, str(model.device))
+    await serve_node("edge", server, identity, listen=config.listen, security=config.security, load=load,
+                     coordinator=config.coordinator, heartbeat_interval_s=config.heartbeat_interval_s,
+                     advertise=config.advertise, on_stopping=channels.close)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import grpc
 
-from edgecloud import rpc
+from edgecloud import __version__, rpc
 from edgecloud.processes import announce_ready
 from edgecloud.v1 import common_pb2
 from edgecloud.v1 import coordinator_pb2 as coord_pb
@@ -110,3 +112,41 @@ async def serve_until_stopped(name: str, server: grpc.aio.Server, listen: str, s
         if on_stopping is not None:
             await on_stopping()
         await server.stop(grace_s)
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """How a node presents itself to the coordinator."""
+
+    node_id: str
+    role: int  # common_pb2.NODE_ROLE_*
+    model_name: str
+    capability: int  # common_pb2.CAPABILITY_*
+    device: str = "cpu"
+
+
+async def serve_node(name: str, server: grpc.aio.Server, identity: NodeIdentity, *, listen: str,
+                     security: rpc.SecurityConfig, load: Callable[[], common_pb2.NodeLoad],
+                     coordinator: str | None, heartbeat_interval_s: float, advertise: str | None = None,
+                     on_stopping: Callable[[], Awaitable[None]] | None = None) -> None:
+    """``serve_until_stopped`` for an edge or cloud node, registered with ``coordinator`` if given."""
+    agent: CoordinatorAgent | None = None
+
+    async def started(address: str) -> None:
+        nonlocal agent
+        if coordinator:
+            info = common_pb2.NodeInfo(node_id=identity.node_id, role=identity.role, address=address,
+                                       models=[identity.model_name], capabilities=[identity.capability],
+                                       version=__version__, compute=common_pb2.ComputeProfile(
+                                           device=identity.device, cpu_cores=os.cpu_count() or 0))
+            agent = CoordinatorAgent(coordinator, info, load, security=security, interval_s=heartbeat_interval_s)
+            await agent.start()
+
+    async def stopping() -> None:
+        if agent is not None:
+            await agent.close()
+        if on_stopping is not None:
+            await on_stopping()
+
+    await serve_until_stopped(name, server, listen, security, advertise=advertise, on_started=started,
+                              on_stopping=stopping)

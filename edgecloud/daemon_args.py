@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from edgecloud.rpc import SecurityConfig
+
+T = TypeVar("T")
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -28,3 +34,12 @@ def security_from_args(args: argparse.Namespace) -> SecurityConfig:
 def setup_logging(level: str) -> None:
     """Logs go to stderr; stdout carries only the readiness line."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_daemon(prog: str, serve: Callable[[T], Awaitable[None]], config: T) -> None:
+    """Run a daemon's ``serve(config)``; a bad address or model exits 2 with one clear line."""
+    try:
+        asyncio.run(serve(config))
+    except (OSError, ValueError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(2)

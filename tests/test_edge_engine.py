@@ -76,3 +76,14 @@ def test_bad_requests_are_rejected_with_a_reason(engine_and_store, kwargs, messa
     engine, _, _ = engine_and_store
     with pytest.raises(RequestError, match=message):
         engine.validate(GenerationRequest(**{"max_tokens": 8, **kwargs}))
+
+
+def test_stop_string_ends_the_stream_and_closes_the_books(engine_and_store) -> None:
+    engine, store, _ = engine_and_store
+    full, _ = _run(engine, store, GenerationRequest(prompt="def fib(n):", max_tokens=20, policy="slm-only"))
+    text = "".join(e.text for e in full)
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    events, acc = _run(engine, store, GenerationRequest(prompt="def fib(n):", max_tokens=20, policy="slm-only",
+                                                        stop=(stop,)))
+    assert stop in "".join(e.text for e in events) and len(events) < len(full)
+    assert acc.finish_reason == "stop" and acc.wall_s > 0 and acc.edge_compute_s > 0
