@@ -31,7 +31,8 @@ from edgecloud.simulator.des.replay import WireProfile
 from edgecloud.simulator.errors import ConfigError
 from edgecloud.simulator.experiment import Experiment, experiment_from_dict
 
-# Measured on this project's 2-core CPU machine (bf16, plain PyTorch runtime, batch 1):
+# Measured on this project's 2-core CPU machine (bf16, plain PyTorch runtime, batch 1;
+# benchmarks/decode_speed.py -> benchmarks/results/decode_speed.json):
 # Qwen2.5-Coder-0.5B-Instruct decodes 11.7 tok/s => 0.086 s per forward;
 # Qwen2.5-Coder-1.5B-Instruct decodes 4.46 tok/s => 0.224 s per forward.
 MEASURED_EDGE_S_PER_TOKEN = 0.086
@@ -85,7 +86,8 @@ class ComputeProfile:
 
     def cloud_forward_s(self, batch: int) -> float:
         """Seconds for one forward of ``batch`` sequences: linear between the table's points,
-        constant below the first, extended along the last segment above the last."""
+        constant below the first, extended along the last segment above the last (a table of one
+        point: the same for every batch size)."""
         table = self.cloud_s_per_forward
         if batch <= table[0][0] or len(table) == 1:
             return table[0][1]

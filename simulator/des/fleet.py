@@ -189,6 +189,10 @@ def _report(experiment: Experiment, setup: FleetExperiment, seed: int, traces: T
         notes.insert(0, "SYNTHETIC traces: token agreement and features are made up, not recorded from models")
     if not finite.all():
         notes.append(f"{int((~finite).sum())} requests took no time (zero compute and latency): left out of tokens/s")
+    models = sorted({group.edge.model for group in groups})
+    if len(models) > 1:
+        notes.append(f"edges name different models ({', '.join(models)}); all share one compute profile and "
+                     "one trace set")
     for group in groups:
         if group.link is None:
             notes.append(f"edge {group.edge.name!r} has no link to {experiment.cloud.name!r}: its transfers take 0 s")
