@@ -59,7 +59,7 @@ def _cloud_link(experiment: Experiment, edge: str) -> ExperimentLink | None:
     return next((link for link in experiment.links if {link.source, link.target} == ends), None)
 
 
-def _groups(experiment: Experiment, traces: TraceSet, setup: FleetExperiment) -> list[_Group]:
+def _groups(experiment: Experiment, traces: TraceSet, setup: FleetExperiment, seed: int) -> list[_Group]:
     fleet = setup.fleet
     names = experiment.workload.target_edges or tuple(e.name for e in experiment.edges)
     groups = []
@@ -69,7 +69,7 @@ def _groups(experiment: Experiment, traces: TraceSet, setup: FleetExperiment) ->
         try:
             if edge.cloud_share is not None:
                 threshold = calibrate_threshold(edge.policy, traces.traces, edge.cloud_share)
-            seeds = range(fleet.policy_seeds) if edge.policy in STOCHASTIC_POLICIES else range(1)
+            seeds = [seed * 7919 + i for i in range(fleet.policy_seeds if edge.policy in STOCHASTIC_POLICIES else 1)]
             patterns = build_patterns(traces.traces, edge.policy, threshold,
                                       max_new_tokens=experiment.workload.max_new_tokens, seeds=seeds)
         except ConfigError as exc:
@@ -118,7 +118,7 @@ def run_fleet(experiment_or_config: FleetExperiment | Experiment | str | Path, *
     if traces is None:
         traces = load_traces(fleet.traces) if fleet.traces else synthetic_traces(
             max_tokens=workload.max_new_tokens, seed=seed)
-    groups = _groups(experiment, traces, setup)
+    groups = _groups(experiment, traces, setup, seed)
     n_devices = fleet.devices or len(groups)
     rate = fleet.request_rate_per_s or workload.request_rate_per_s / len(groups) * n_devices
     n_requests = fleet.requests or max(1, round(rate * workload.duration_s))
@@ -181,7 +181,7 @@ def _report(experiment: Experiment, setup: FleetExperiment, seed: int, traces: T
                      cloud.busy_s / (fleet.cloud_replicas * simulated_s) if simulated_s > 0 else 0.0,
                      cloud.busy_s, cloud.batches, cloud.round_trips,
                      cloud.round_trips / cloud.batches if cloud.batches else 0.0,
-                     cloud.mean_queued(simulated_s), Percentiles.of(rec.cloud_wait))
+                     cloud.mean_queued(simulated_s), Percentiles.of(np.frombuffer(rec.cloud_wait, dtype=float)))
     notes = ["round-trip granularity: one event per edge burst + uplink, per cloud batch, per downlink + burst",
              "positions follow each trace's recorded reference continuation (the LLM's output)",
              "outages of mode 'reset' are simulated as 'stall' (bytes wait for the link)"]
