@@ -146,7 +146,7 @@ def test_cloud_share_target_is_calibrated_on_the_traces() -> None:
 
 
 def test_synthetic_traces_are_labelled_and_files_round_trip(tmp_path) -> None:
-    report = run_fleet(setup(), devices=3, requests=5)
+    report = run_fleet(setup(), devices=3, requests=5, traces=TRACES)
     assert report.synthetic_traces and report.traces["kind"] == "synthetic"
     assert any("SYNTHETIC" in note for note in report.notes)
     path = save_traces(TRACES, tmp_path / "t.json.gz")
@@ -186,7 +186,8 @@ cloud_s_per_forward = [[1, 0.1], [4, 0.2]]
     assert exp.fleet.devices == 7 and exp.fleet.requests == 11 and exp.fleet.cloud_replicas == 2
     assert exp.fleet.compute.cloud_forward_s(2) == pytest.approx(0.1 + 0.1 / 3)
     out = tmp_path / "report.json"
-    assert des_main([str(path), "--requests", "9", "--json", str(out), "--quiet"]) == 0
+    assert des_main([str(path), "--requests", "9", "--traces", "synthetic", "--json", str(out),
+                     "--quiet"]) == 0
     data = json.loads(out.read_text())
     assert data["devices"] == 7 and data["requests"] == 9 and data["synthetic_traces"] is True
 

@@ -26,7 +26,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, help="requests to simulate")
     p.add_argument("--seed", type=int, help="seed (default: the experiment's)")
     p.add_argument("--rate", type=float, dest="request_rate_per_s", help="fleet-wide arrivals per second")
-    p.add_argument("--traces", help="recorded trace file (default: [fleet].traces, else synthetic)")
+    p.add_argument("--traces", help="trace file, or 'synthetic' (default: [fleet].traces, else the shipped "
+                   "recording, else synthetic)")
     p.add_argument("--cloud-replicas", type=int, help="cloud batch servers")
     p.add_argument("--cloud-max-batch", type=int, help="round trips per cloud batch")
     p.add_argument("--edge-s-per-token", type=float, help="edge seconds per forward")

@@ -7,7 +7,8 @@ An experiment file for ``edgecloud simulate --des`` is an ordinary experiment pl
     devices = 10000
     requests = 100000
     request_rate_per_s = 1500      # whole fleet; default: workload rate per edge × devices
-    traces = "traces.json"         # recorded SLM features; default: synthetic (labelled so)
+    traces = "traces.json"         # recorded SLM features ("synthetic": made up; default: the
+                                   # shipped recording if present, else synthetic, labelled so)
     cloud_replicas = 4             # cloud servers, each running one batch at a time
     cloud_max_batch = 32           # round trips verified together in one batch
     edge_s_per_token = 0.086
@@ -171,7 +172,8 @@ def fleet_from_dict(data: Any, *, base_dir: Path | None = None) -> FleetConfig:
         if not isinstance(traces, str) or not traces:
             raise ConfigError(("fleet", "traces"), f"must be a path string, got {traces!r}")
         path = Path(traces)
-        rest["traces"] = str(base_dir / path if base_dir is not None and not path.is_absolute() else path)
+        if traces != "synthetic" and base_dir is not None and not path.is_absolute():
+            rest["traces"] = str(base_dir / path)
     return FleetConfig(**rest, compute=ComputeProfile(**compute), wire=WireProfile(**wire))
 
 

@@ -34,6 +34,7 @@ from edgecloud.simulator.errors import ConfigError
 from edgecloud.simulator.experiment import EdgeSpec, Experiment, ExperimentLink
 
 STOCHASTIC_POLICIES = frozenset({"random"})
+SHIPPED_TRACES = Path(__file__).with_name("data") / "humaneval-qwen2.5-coder.json.gz"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,18 @@ class _Group:
     threshold: float | None
     link: ExperimentLink | None
     patterns: tuple[tuple[CompiledPattern, ...], ...]  # [seed][trace]
+
+
+def default_traces(path: str | None, *, max_tokens: int, seed: int) -> TraceSet:
+    """The given trace file (``"synthetic"``: made-up traces); else the recording shipped with the
+    package; else synthetic traces."""
+    if path == "synthetic":
+        return synthetic_traces(max_tokens=max_tokens, seed=seed)
+    if path is not None:
+        return load_traces(path)
+    if SHIPPED_TRACES.is_file():
+        return load_traces(SHIPPED_TRACES)
+    return synthetic_traces(max_tokens=max_tokens, seed=seed)
 
 
 def _as_setup(source: FleetExperiment | Experiment | str | Path) -> FleetExperiment:
@@ -116,8 +129,7 @@ def run_fleet(experiment_or_config: FleetExperiment | Experiment | str | Path, *
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError("seed", f"must be an integer, got {seed!r}")
     if traces is None:
-        traces = load_traces(fleet.traces) if fleet.traces else synthetic_traces(
-            max_tokens=workload.max_new_tokens, seed=seed)
+        traces = default_traces(fleet.traces, max_tokens=workload.max_new_tokens, seed=seed)
     groups = _groups(experiment, traces, setup, seed)
     n_devices = fleet.devices or len(groups)
     rate = fleet.request_rate_per_s or workload.request_rate_per_s / len(groups) * n_devices
