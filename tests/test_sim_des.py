@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,3 +225,15 @@ def test_bad_input_gets_clear_errors(tmp_path, capsys) -> None:
     missing = tmp_path / "nope.toml"
     assert des_main([str(missing)]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+SIMULATOR = Path(__file__).resolve().parent.parent / "simulator"
+EXPERIMENTS = [*sorted(SIMULATOR.glob("experiments/*.toml")), SIMULATOR / "des/examples/city-fleet.toml"]
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_shipped_experiments_run_at_small_scale(path: Path) -> None:
+    report = run_fleet(path, devices=12, requests=40, traces=TRACES)
+    assert report.requests == 40 and report.tokens > 0
+    assert 0.0 <= report.cloud_share <= 1.0 and 0.0 <= report.cloud.utilisation <= 1.0 + 1e-9
+    assert report.latency_s.p5 > 0 and len(report.edges) >= 1
