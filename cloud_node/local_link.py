@@ -27,6 +27,9 @@ class InProcessCloudLink:
         verdict = await asyncio.to_thread(self.store.verify, self.session_id, context, draft)
         return LinkVerdict(verdict.accepted, verdict.next_token, cloud_compute_s=verdict.compute_s)
 
+    def prefetch(self, unseen: list[int]) -> None:
+        """In-process there is no round trip to hide: nothing to do."""
+
     async def close(self) -> None:
         if self.session_id is not None:
             self.store.close(self.session_id)

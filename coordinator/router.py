@@ -42,12 +42,16 @@ class LinkVerdict:
     next_token: int
     cloud_compute_s: float = 0.0
     network_s: float = 0.0
-    bytes_up: int = 0
+    bytes_up: int = 0  # including background context pushes since the last verdict
     bytes_down: int = 0
+    background_calls: int = 0  # context pushes overlapped with edge drafting since the last verdict
 
 
 class CloudLink(Protocol):
     async def verify(self, context: list[int], draft: list[int]) -> LinkVerdict: ...
+
+    def prefetch(self, unseen: list[int]) -> None:
+        """May push ``unseen`` context to the cloud in the background (so a later verify sends less)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class Accounting:
     cloud_compute_s: float = 0.0
     network_s: float = 0.0
     wall_s: float = 0.0
+    background_calls: int = 0  # context pushes overlapped with drafting (prefetch)
     drafted_tokens: int = 0  # including ones the cloud rejected or that were dropped
     window_sizes: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
@@ -93,7 +98,8 @@ class HybridRouter:
     """Generates one request's tokens; iterate ``run()`` for the events, then read ``accounting``."""
 
     def __init__(self, policy: RoutingPolicy, cloud: CloudLink, prompt_ids: list[int], *,
-                 drafter: EdgeDrafter | None, max_new_tokens: int, stop_ids: Iterable[int] = ()) -> None:
+                 drafter: EdgeDrafter | None, max_new_tokens: int, stop_ids: Iterable[int] = (),
+                 prefetch: bool = False) -> None:
         if max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
         if policy.uses_edge_draft and drafter is None:
@@ -103,6 +109,8 @@ class HybridRouter:
         self.drafter = drafter
         self.max_new_tokens = max_new_tokens
         self.stop_ids = frozenset(stop_ids)
+        # Keep the cloud's session warm while the edge writes (costs cloud calls even if nothing is flagged).
+        self.prefetch = prefetch and policy.name not in ("slm-only", "llm-only", "speculative")
         self.accounting = Accounting(prompt_tokens=len(prompt_ids))
         self._unseen = list(prompt_ids)  # tokens the cloud has not seen yet
         self._emitted = 0
@@ -153,6 +161,7 @@ class HybridRouter:
         acc.network_s += verdict.network_s
         acc.bytes_up += verdict.bytes_up
         acc.bytes_down += verdict.bytes_down
+        acc.background_calls += verdict.background_calls
         acc.window_sizes.append(len(draft))
         self._unseen = [verdict.next_token]
         return verdict
@@ -205,6 +214,8 @@ class HybridRouter:
                     yield event
                     await drafter.feed(token)
                     self._unseen.append(token)
+                    if self.prefetch:
+                        self.cloud.prefetch(self._unseen)
                 continue
             base = drafter.num_tokens
             window = [token]

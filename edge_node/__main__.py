@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cloud", help="cloud node address for requests that name none")
     p.add_argument("--max-tokens-limit", type=int, default=4096)
     p.add_argument("--cloud-timeout-s", type=float, default=60.0, help="deadline of one verification round trip")
+    p.add_argument("--cloud-prefetch", action="store_true",
+                   help="by default, push context to the cloud in the background while drafting")
     p.add_argument("--reward-head", help="trained reward head (safetensors) for the 'reward' policy")
     add_common_args(p)
     return p
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     config = EdgeConfig(model=args.model, listen=args.listen, advertise=args.advertise, node_id=args.node_id,
                         dtype=args.dtype, cloud=args.cloud, coordinator=args.coordinator,
                         max_tokens_limit=args.max_tokens_limit, cloud_timeout_s=args.cloud_timeout_s,
-                        reward_head=args.reward_head, security=security_from_args(args))
+                        reward_head=args.reward_head, cloud_prefetch=args.cloud_prefetch, security=security_from_args(args))
     from edgecloud.edge_node.node import serve
 
     run_daemon("edgecloud edge", serve, config)

@@ -19,5 +19,6 @@ class EdgeConfig:
     heartbeat_interval_s: float = 5.0
     max_tokens_limit: int = 4096
     cloud_timeout_s: float = 60.0  # deadline of one verification round trip
+    cloud_prefetch: bool = False  # default for requests that do not say
     reward_head: str | None = None  # safetensors file of a trained reward head
     security: SecurityConfig = field(default_factory=SecurityConfig)

@@ -9,10 +9,11 @@ node was given (gRPC in the daemon, in-process in tests and the evaluation engin
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-from edgecloud.coordinator.calibration import calibration_texts, teacher_forced_features
+from edgecloud.coordinator.calibration import calibration_tasks
 from edgecloud.coordinator.features import TokenFeatures
 from edgecloud.coordinator.policies import PolicyError, RoutingPolicy, make_policy
 from edgecloud.coordinator.router import Accounting, CloudLink, HybridRouter
@@ -20,6 +21,11 @@ from edgecloud.edge_node.drafter import Drafter, ThreadedDrafter
 from edgecloud.models.generate import SamplingParams
 from edgecloud.models.llama import LlamaModel
 from edgecloud.models.tokenizer import Tokenizer
+from edgecloud.paths import edgecloud_home
+
+CALIBRATION_TASKS = 8
+CALIBRATION_TOKENS = 64
+CALIBRATION_VERSION = "gen-v1"  # bump when the calibration recipe changes
 
 
 class RequestError(ValueError):
@@ -39,6 +45,7 @@ class GenerationRequest:
     assistant_prefix: str = ""  # opens the assistant turn, e.g. "```python\n"
     stop: tuple[str, ...] = ()
     draft_window: int = 0  # 0 = the policy's default
+    cloud_prefetch: bool = False  # push context to the cloud in the background while drafting
 
 
 NO_TOKEN = -1  # a TextEvent that only flushes text held back for an incomplete character
@@ -59,8 +66,9 @@ class EdgeEngine:
     """The SLM with its tokenizer, serving requests one router per request."""
 
     def __init__(self, model: LlamaModel, tokenizer: Tokenizer, *, max_tokens_limit: int = 4096,
-                 reward_head=None) -> None:
+                 reward_head=None, model_name: str = "") -> None:
         self.model = model
+        self.model_name = model_name  # cache key of calibration features ("" = do not cache)
         self.tokenizer = tokenizer
         self.max_tokens_limit = max_tokens_limit
         self.reward_head = reward_head
@@ -95,14 +103,41 @@ class EdgeEngine:
         return policy
 
     def calibration_features(self, with_hidden: bool = False) -> list[TokenFeatures]:
-        """SLM features on the calibration split (computed once, then reused)."""
-        if self._calibration is None or (with_hidden and self._calibration[0].hidden is None):
-            features: list[TokenFeatures] = []
-            for text in calibration_texts():
-                ids = self.tokenizer.encode(text)[:512]
-                features.extend(teacher_forced_features(self.model, ids, with_hidden=with_hidden))
-            self._calibration = features
-        return self._calibration
+        """The SLM's features while it writes answers to the calibration tasks.
+
+        Computed once per model (about a minute on a small CPU) and cached under
+        ``$EDGECLOUD_HOME/calibration/`` (scalar features only; hidden states are recomputed).
+        """
+        if self._calibration is not None and (self._calibration[0].hidden is not None or not with_hidden):
+            return self._calibration
+        cache = edgecloud_home() / "calibration" / f"{self.model_name}-{CALIBRATION_VERSION}.json"
+        if not with_hidden and cache.is_file():
+            rows = json.loads(cache.read_text())
+            self._calibration = [TokenFeatures(*row) for row in rows]
+            return self._calibration
+        features: list[TokenFeatures] = []
+        for user, prefix in calibration_tasks(CALIBRATION_TASKS):
+            features.extend(self._own_generation_features(user, prefix, with_hidden))
+        self._calibration = features
+        if self.model_name:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps([[f.entropy, f.max_prob, f.margin, f.position] for f in features]))
+            tmp.replace(cache)
+        return features
+
+    def _own_generation_features(self, user: str, prefix: str, with_hidden: bool) -> list[TokenFeatures]:
+        drafter = Drafter(self.model, self.tokenizer.prompt_ids(user, assistant_prefix=prefix),
+                          with_hidden=with_hidden)
+        features, ids = [], []
+        for _ in range(CALIBRATION_TOKENS):
+            token, feats = drafter.draft()
+            features.append(feats)
+            ids.append(token)
+            if token in self.tokenizer.eos_token_ids or "```" in self.tokenizer.decode(ids[-4:]):
+                break
+            drafter.feed(token)
+        return features
 
     async def generate(self, request: GenerationRequest, cloud: CloudLinkFactory, *,
                        policy: RoutingPolicy | None = None) -> AsyncIterator[TextEvent | Accounting]:
@@ -120,7 +155,8 @@ class EdgeEngine:
                 drafter = await asyncio.to_thread(Drafter, self.model, prompt_ids, sampling=sampling,
                                                   with_hidden=policy.needs_hidden)
             router = HybridRouter(policy, cloud(request), prompt_ids, drafter=drafter and ThreadedDrafter(drafter),
-                                  max_new_tokens=request.max_tokens, stop_ids=self.tokenizer.eos_token_ids)
+                                  max_new_tokens=request.max_tokens, stop_ids=self.tokenizer.eos_token_ids,
+                                  prefetch=request.cloud_prefetch)
             decoder = self.tokenizer.stream_decoder()
             text = ""
             last = None

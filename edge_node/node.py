@@ -48,10 +48,10 @@ async def serve(config: EdgeConfig) -> None:
     model_name = model_display_name(config.model)
     reward_head = RewardHead.load(config.reward_head) if config.reward_head else None
     engine = EdgeEngine(model, Tokenizer.from_folder(folder), max_tokens_limit=config.max_tokens_limit,
-                        reward_head=reward_head)
+                        reward_head=reward_head, model_name=model_name)
     channels = CloudChannels(config.security, config.cloud_timeout_s)
     servicer = EdgeNodeServicer(engine, node_id=config.node_id, model_name=model_name, default_cloud=config.cloud,
-                                link_factory=channels.link)
+                                link_factory=channels.link, default_prefetch=config.cloud_prefetch)
     server = rpc.create_server(config.security)
     edge_node_pb2_grpc.add_EdgeNodeServicer_to_server(servicer, server)
 

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 LinkFactory = Callable[[str, GenerationRequest], GrpcCloudLink]
 
 
-def request_from_proto(msg: generation_pb2.GenerateRequest) -> GenerationRequest:
+def request_from_proto(msg: generation_pb2.GenerateRequest, *, default_prefetch: bool = False) -> GenerationRequest:
     """Domain request from the wire; ``RequestError`` for what the proto allows but we don't serve."""
     if msg.messages:
         raise RequestError("multi-turn 'messages' are not served yet; send 'prompt'")
@@ -32,7 +32,8 @@ def request_from_proto(msg: generation_pb2.GenerateRequest) -> GenerationRequest
         target_cloud_share=msg.target_cloud_share if msg.HasField("target_cloud_share") else None,
         temperature=msg.temperature, seed=msg.seed if msg.HasField("seed") else 0,
         chat=msg.chat if msg.HasField("chat") else True, assistant_prefix=msg.assistant_prefix,
-        stop=tuple(msg.stop), draft_window=msg.draft_window)
+        stop=tuple(msg.stop), draft_window=msg.draft_window,
+        cloud_prefetch=msg.cloud_prefetch if msg.HasField("cloud_prefetch") else default_prefetch)
 
 
 FINISH_REASONS = {"length": generation_pb2.FINISH_REASON_LENGTH, "eos": generation_pb2.FINISH_REASON_EOS,
@@ -48,13 +49,14 @@ def summary_to_proto(acc: Accounting, *, policy: str, threshold: float,
         network_s=acc.network_s, wall_s=acc.wall_s, cloud_share=acc.cloud_share,
         finish_reason=FINISH_REASONS.get(acc.finish_reason, generation_pb2.FINISH_REASON_UNSPECIFIED),
         prompt_tokens=acc.prompt_tokens, policy=policy, threshold=threshold, window_sizes=acc.window_sizes,
-        edge_node_id=edge_node_id)
+        edge_node_id=edge_node_id, cloud_background_calls=acc.background_calls)
 
 
 class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
     def __init__(self, engine: EdgeEngine, *, node_id: str, model_name: str, default_cloud: str | None,
-                 link_factory: LinkFactory) -> None:
+                 link_factory: LinkFactory, default_prefetch: bool = False) -> None:
         self.engine = engine
+        self.default_prefetch = default_prefetch
         self.node_id = node_id
         self.model_name = model_name
         self.default_cloud = default_cloud
@@ -64,7 +66,7 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
 
     async def Generate(self, request: generation_pb2.GenerateRequest, context):
         try:
-            domain = request_from_proto(request)
+            domain = request_from_proto(request, default_prefetch=self.default_prefetch)
             policy = self.engine.validate(domain)
         except RequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

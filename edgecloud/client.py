@@ -76,6 +76,7 @@ class Summary:
     window_sizes: tuple[int, ...] = field(default=())
     edge_node_id: str = ""
     cloud_node_id: str = ""
+    cloud_background_calls: int = 0
 
     @property
     def output_tokens(self) -> int:
@@ -95,7 +96,7 @@ class Summary:
                    s.bytes_up, s.bytes_down, s.edge_compute_s, s.cloud_compute_s, s.network_s, s.wall_s,
                    s.cloud_share, FINISH.get(s.finish_reason, ""), s.prompt_tokens, s.policy,
                    s.threshold if s.HasField("threshold") else None, tuple(s.window_sizes), s.edge_node_id,
-                   s.cloud_node_id)
+                   s.cloud_node_id, s.cloud_background_calls)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class NodeSummary:
 def build_request(prompt: str, *, max_tokens: int, policy: str, threshold: float | None,
                   target_cloud_share: float | None, temperature: float, seed: int | None, chat: bool,
                   assistant_prefix: str, stop: tuple[str, ...], session_id: str,
-                  draft_window: int) -> generation_pb2.GenerateRequest:
+                  draft_window: int, cloud_prefetch: bool | None) -> generation_pb2.GenerateRequest:
     request = generation_pb2.GenerateRequest(prompt=prompt, max_tokens=max_tokens, policy=policy,
                                              temperature=temperature, chat=chat, assistant_prefix=assistant_prefix,
                                              stop=list(stop), session_id=session_id, draft_window=draft_window)
@@ -121,6 +122,8 @@ def build_request(prompt: str, *, max_tokens: int, policy: str, threshold: float
         request.target_cloud_share = target_cloud_share
     if seed is not None:
         request.seed = seed
+    if cloud_prefetch is not None:
+        request.cloud_prefetch = cloud_prefetch
     return request
 
 
@@ -141,12 +144,13 @@ class AsyncClient:
                        threshold: float | None = None, target_cloud_share: float | None = None,
                        temperature: float = 0.0, seed: int | None = None, chat: bool = True,
                        assistant_prefix: str = "", stop: tuple[str, ...] = (), session_id: str = "",
-                       draft_window: int = 0, timeout_s: float | None = None) -> AsyncIterator[TokenEvent | Summary]:
+                       draft_window: int = 0, cloud_prefetch: bool | None = None,
+                       timeout_s: float | None = None) -> AsyncIterator[TokenEvent | Summary]:
         """Stream ``TokenEvent``s, then one ``Summary`` (also kept as ``last_summary``)."""
         request = build_request(prompt, max_tokens=max_tokens, policy=policy, threshold=threshold,
                                 target_cloud_share=target_cloud_share, temperature=temperature, seed=seed,
                                 chat=chat, assistant_prefix=assistant_prefix, stop=tuple(stop),
-                                session_id=session_id, draft_window=draft_window)
+                                session_id=session_id, draft_window=draft_window, cloud_prefetch=cloud_prefetch)
         self.last_summary = None
         try:
             async for event in self._stream(request, timeout_s or self.timeout_s):

@@ -172,3 +172,14 @@ def test_client_works_directly_against_an_edge_node(cluster, expected) -> None:
             _run(direct, policy="llm-only")
         assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert direct.status()[0].role == "edge"
+
+
+def test_cloud_prefetch_keeps_output_and_moves_context_off_the_critical_path(cluster, expected) -> None:
+    client = cluster["client"]
+    base_ids, base = _run(client, policy="random", threshold=0.15, seed=3)
+    ids, summary = _run(client, policy="random", threshold=0.15, seed=3, cloud_prefetch=True)
+    assert ids == base_ids
+    assert summary.cloud_round_trips == base.cloud_round_trips
+    assert summary.cloud_background_calls > 0
+    never_ids, never = _run(client, policy="entropy", threshold=20.0, cloud_prefetch=True)
+    assert never_ids == expected["slm"] and never.cloud_round_trips == 0

@@ -30,7 +30,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "messages", "max_tokens", "temperature", "seed", "policy", "threshold", "target_cloud_share", "session_id", "stop", "chat", "assistant_prefix", "edge_model", "cloud_model", "edge_node_id", "cloud_address", "draft_window")
+    __slots__ = ("prompt", "messages", "max_tokens", "temperature", "seed", "policy", "threshold", "target_cloud_share", "session_id", "stop", "chat", "assistant_prefix", "edge_model", "cloud_model", "edge_node_id", "cloud_address", "draft_window", "cloud_prefetch")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class GenerateRequest(_message.Message):
     EDGE_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CLOUD_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_PREFETCH_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     max_tokens: int
@@ -65,10 +66,11 @@ class GenerateRequest(_message.Message):
     edge_node_id: str
     cloud_address: str
     draft_window: int
-    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., target_cloud_share: _Optional[float] = ..., session_id: _Optional[str] = ..., stop: _Optional[_Iterable[str]] = ..., chat: _Optional[bool] = ..., assistant_prefix: _Optional[str] = ..., edge_model: _Optional[str] = ..., cloud_model: _Optional[str] = ..., edge_node_id: _Optional[str] = ..., cloud_address: _Optional[str] = ..., draft_window: _Optional[int] = ...) -> None: ...
+    cloud_prefetch: bool
+    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., target_cloud_share: _Optional[float] = ..., session_id: _Optional[str] = ..., stop: _Optional[_Iterable[str]] = ..., chat: _Optional[bool] = ..., assistant_prefix: _Optional[str] = ..., edge_model: _Optional[str] = ..., cloud_model: _Optional[str] = ..., edge_node_id: _Optional[str] = ..., cloud_address: _Optional[str] = ..., draft_window: _Optional[int] = ..., cloud_prefetch: _Optional[bool] = ...) -> None: ...
 
 class GenerationSummary(_message.Message):
-    __slots__ = ("edge_tokens", "cloud_tokens", "checked_tokens", "drafted_tokens", "cloud_round_trips", "bytes_up", "bytes_down", "edge_compute_s", "cloud_compute_s", "network_s", "wall_s", "cloud_share", "finish_reason", "prompt_tokens", "policy", "threshold", "window_sizes", "edge_node_id", "cloud_node_id")
+    __slots__ = ("edge_tokens", "cloud_tokens", "checked_tokens", "drafted_tokens", "cloud_round_trips", "bytes_up", "bytes_down", "edge_compute_s", "cloud_compute_s", "network_s", "wall_s", "cloud_share", "finish_reason", "prompt_tokens", "policy", "threshold", "window_sizes", "edge_node_id", "cloud_node_id", "cloud_background_calls")
     EDGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CLOUD_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CHECKED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +90,7 @@ class GenerationSummary(_message.Message):
     WINDOW_SIZES_FIELD_NUMBER: _ClassVar[int]
     EDGE_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CLOUD_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_BACKGROUND_CALLS_FIELD_NUMBER: _ClassVar[int]
     edge_tokens: int
     cloud_tokens: int
     checked_tokens: int
@@ -107,7 +110,8 @@ class GenerationSummary(_message.Message):
     window_sizes: _containers.RepeatedScalarFieldContainer[int]
     edge_node_id: str
     cloud_node_id: str
-    def __init__(self, edge_tokens: _Optional[int] = ..., cloud_tokens: _Optional[int] = ..., checked_tokens: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., cloud_round_trips: _Optional[int] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., edge_compute_s: _Optional[float] = ..., cloud_compute_s: _Optional[float] = ..., network_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., cloud_share: _Optional[float] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., window_sizes: _Optional[_Iterable[int]] = ..., edge_node_id: _Optional[str] = ..., cloud_node_id: _Optional[str] = ...) -> None: ...
+    cloud_background_calls: int
+    def __init__(self, edge_tokens: _Optional[int] = ..., cloud_tokens: _Optional[int] = ..., checked_tokens: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., cloud_round_trips: _Optional[int] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., edge_compute_s: _Optional[float] = ..., cloud_compute_s: _Optional[float] = ..., network_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., cloud_share: _Optional[float] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., window_sizes: _Optional[_Iterable[int]] = ..., edge_node_id: _Optional[str] = ..., cloud_node_id: _Optional[str] = ..., cloud_background_calls: _Optional[int] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
     __slots__ = ("text", "token_id", "source", "checked", "index", "summary")
