@@ -117,7 +117,7 @@ class EdgeEngine:
             return self._calibration
         features: list[TokenFeatures] = []
         for user, prefix in calibration_tasks(CALIBRATION_TASKS):
-            features.extend(self._own_generation_features(user, prefix, with_hidden))
+            features.extend(self.generation_features(user, prefix, with_hidden=with_hidden))
         self._calibration = features
         if self.model_name:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -126,11 +126,13 @@ class EdgeEngine:
             tmp.replace(cache)
         return features
 
-    def _own_generation_features(self, user: str, prefix: str, with_hidden: bool) -> list[TokenFeatures]:
+    def generation_features(self, user: str, prefix: str = "", *, with_hidden: bool = False,
+                            max_tokens: int = CALIBRATION_TOKENS) -> list[TokenFeatures]:
+        """Features of the SLM's greedy answer to one request, until ``` or the end token."""
         drafter = Drafter(self.model, self.tokenizer.prompt_ids(user, assistant_prefix=prefix),
                           with_hidden=with_hidden)
         features, ids = [], []
-        for _ in range(CALIBRATION_TOKENS):
+        for _ in range(max_tokens):
             token, feats = drafter.draft()
             features.append(feats)
             ids.append(token)
