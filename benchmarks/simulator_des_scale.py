@@ -23,7 +23,7 @@ from edgecloud.simulator.des.fleet import run_fleet
 from edgecloud.simulator.des.traces import load_traces
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = ("mixed-fleet.toml", "edge-4g-bandwidth-drop.toml")
+EXPERIMENTS = ("simulator/des/examples/city-fleet.toml", "simulator/experiments/mixed-fleet.toml")
 GOAL_S = 60.0
 
 
@@ -53,6 +53,7 @@ def run_one(path: Path, args: argparse.Namespace) -> dict:
                               "downlink": {"latency_ms": link.profile.downlink.latency_ms,
                                            "rate_mbps": link.profile.downlink.rate_mbps}}
                   for link in exp.links},
+        "cloud": {"replicas": report.cloud.replicas, "max_batch": report.cloud.max_batch},
         "devices": report.devices, "requests": report.requests, "wall_s": report.wall_s,
         "event_loop_s": report.config["event_loop_s"], "events": report.events, "events_per_s": report.events_per_s,
         "round_trips": report.round_trips, "tokens": report.tokens, "simulated_s": report.simulated_s,
@@ -67,18 +68,17 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rate", type=float, default=None, help="fleet arrivals/s (default: the experiment's per edge)")
-    p.add_argument("--cloud-replicas", type=int, default=256)
-    p.add_argument("--cloud-max-batch", type=int, default=32)
+    p.add_argument("--cloud-replicas", type=int, default=None, help="default: the file's [fleet] table")
+    p.add_argument("--cloud-max-batch", type=int, default=None, help="default: the file's [fleet] table")
     p.add_argument("--traces", help="recorded traces (default: synthetic, labelled so)")
     p.add_argument("--experiments", nargs="*", default=list(EXPERIMENTS),
-                   help="experiment files under simulator/experiments/")
+                   help="experiment files, relative to the repository root")
     args = p.parse_args()
     started = time.perf_counter()
-    runs = [run_one(ROOT / "simulator/experiments" / name, args) for name in args.experiments]
+    runs = [run_one(ROOT / name, args) for name in args.experiments]
     result = {
         "benchmark": "simulator_des_scale", "claim": f"{args.devices} devices × {args.requests} requests "
         f"in under {GOAL_S:.0f} s", "machine": machine(), "seed": args.seed,
-        "cloud": {"replicas": args.cloud_replicas, "max_batch": args.cloud_max_batch},
         "traces": args.traces or "synthetic", "total_s": time.perf_counter() - started, "runs": runs,
     }
     Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
