@@ -14,6 +14,7 @@ Every call has a deadline; failures raise ``EdgecloudError`` carrying the gRPC s
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -219,12 +220,38 @@ def _role(role: int) -> str:
     return {common_pb2.NODE_ROLE_EDGE: "edge", common_pb2.NODE_ROLE_CLOUD: "cloud"}.get(role, "unknown")
 
 
+class _LoopThread:
+    """The one event loop (on a daemon thread) that every blocking ``Client`` of a process uses.
+
+    grpc.aio binds its completion-queue poller to the first loop it runs on, so clients must
+    not each bring a loop of their own and close it.
+    """
+
+    _instance: _LoopThread | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="edgecloud-client", daemon=True).start()
+
+    @classmethod
+    def get(cls) -> _LoopThread:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
 class Client:
-    """Blocking client: the ``AsyncClient`` API driven on a private event loop."""
+    """Blocking client: the ``AsyncClient`` API driven on a shared background event loop."""
 
     def __init__(self, address: str, **kwargs) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._async = self._loop.run_until_complete(_make_async(address, kwargs))
+        self._loop = _LoopThread.get()
+        self._async = self._loop.run(_make_async(address, kwargs))
+        self._closed = False
 
     @property
     def last_summary(self) -> Summary | None:
@@ -235,22 +262,22 @@ class Client:
         try:
             while True:
                 try:
-                    yield self._loop.run_until_complete(stream.__anext__())
+                    yield self._loop.run(stream.__anext__())
                 except StopAsyncIteration:
                     return
         finally:
-            self._loop.run_until_complete(stream.aclose())
+            self._loop.run(stream.aclose())
 
     def text(self, prompt: str, **kwargs) -> str:
         return "".join(e.text for e in self.generate(prompt, **kwargs) if isinstance(e, TokenEvent))
 
     def status(self, **kwargs) -> list[NodeSummary]:
-        return self._loop.run_until_complete(self._async.status(**kwargs))
+        return self._loop.run(self._async.status(**kwargs))
 
     def close(self) -> None:
-        if not self._loop.is_closed():
-            self._loop.run_until_complete(self._async.close())
-            self._loop.close()
+        if not self._closed:
+            self._closed = True
+            self._loop.run(self._async.close())
 
     def __enter__(self) -> Client:
         return self
