@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -148,6 +149,36 @@ def demo(
     except KeyboardInterrupt:
         err.print("[yellow]interrupted; daemons stopped[/]")
         raise typer.Exit(code=130) from None
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def simulate(
+    ctx: typer.Context,
+    experiment: Annotated[Path, typer.Argument(help="experiment .toml (see simulator/experiments/)")],
+    des: Annotated[bool, typer.Option("--des", help="fleet mode: discrete-event simulation (further options: "
+                                                     "--devices N --requests M --json OUT, see --des --help)")] = False,
+    out: Annotated[Path | None, typer.Option(help="output folder (default runs/<experiment>-<time>)")] = None,
+    model: Annotated[list[str] | None, typer.Option(help="NODE_OR_MODEL=SOURCE model override (repeatable)")] = None,
+    dtype: Annotated[str, typer.Option(help="dtype of every node: bf16 | fp32")] = "bf16",
+) -> None:
+    """Run an experiment: real daemons wired through shaping proxies (or, with --des, a fleet simulation)."""
+    if des:
+        from edgecloud.simulator.des.__main__ import main as des_main
+
+        raise typer.Exit(code=des_main([str(experiment), *ctx.args]) or 0)
+    if ctx.args:
+        raise _fail(f"unexpected arguments {' '.join(ctx.args)} (they are for --des)")
+    from edgecloud.simulator.errors import ConfigError
+    from edgecloud.simulator.experiment import load_experiment
+    from edgecloud.simulator.runner import default_out_dir, parse_model_overrides, run_experiment
+
+    try:
+        loaded = load_experiment(experiment)
+        overrides = parse_model_overrides(model or [])
+    except (ConfigError, ValueError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    summary = run_experiment(loaded, out_dir=out or default_out_dir(loaded), models_override=overrides, dtype=dtype)
+    err.print(f"[green]summary:[/] {summary}")
 
 
 app.add_typer(netem_app, name="netem")
