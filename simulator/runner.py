@@ -77,6 +77,18 @@ def resolve_models(experiment: Experiment, overrides: Mapping[str, str | Path] |
     return resolved
 
 
+def parse_model_overrides(items: list[str]) -> dict[str, str]:
+    """``["edge0=path/to/folder", "qwen2.5-coder-1.5b-instruct=other.gguf"]`` → a dict for
+    ``run_experiment(models_override=...)`` (keys: node names or model names)."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"expected NODE_OR_MODEL=SOURCE, got {item!r}")
+        overrides[key] = value
+    return overrides
+
+
 class _Workload:
     """Sends the planned requests and writes one record per request."""
 
@@ -171,16 +183,18 @@ class _Workload:
             counts["ok" if record["status"] == OK else "failed"] += 1
             progress.update(task, advance=1, description=f"requests ({counts['ok']} ok, {counts['failed']} failed)")
 
-        with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sim-request") as pool:
-            try:
-                for arrival in arrivals:
-                    delay = t0 + arrival.at_s - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)  # open-loop arrivals: the schedule, not synchronisation
-                    pool.submit(self.run_one, arrival).add_done_callback(done)
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+        pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sim-request")
+        try:
+            for arrival in arrivals:
+                delay = t0 + arrival.at_s - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)  # open-loop arrivals: the schedule, not synchronisation
+                pool.submit(self.run_one, arrival).add_done_callback(done)
+        except BaseException:
+            # Ctrl-C or an error: drop queued requests; those in flight fail once the daemons stop
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
 
 def run_experiment(experiment: Experiment, *, out_dir: Path, models_override: Mapping[str, str | Path] | None = None,
