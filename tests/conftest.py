@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,12 @@ import torch
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from edgecloud import Client
 from edgecloud.models.config import ModelConfig
 from edgecloud.models.llama import LlamaModel
+from edgecloud.models.loader import save_model
+from edgecloud.models.tokenizer import Tokenizer
+from edgecloud.processes import DaemonGroup
 
 TINY_VOCAB = 64
 CHATML = (
@@ -73,3 +79,31 @@ def tiny_tokenizer_folder(tmp_path_factory) -> Path:
 def make_tiny_model():
     """The ``tiny_model`` builder, for tests that need their own sizes."""
     return tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_cluster(tmp_path_factory, tiny_tokenizer_folder, make_tiny_model):
+    """Coordinator, cloud (3-layer tiny LLM) and edge (2-layer tiny SLM) as real processes on port 0."""
+    root = tmp_path_factory.mktemp("cluster")
+    vocab = Tokenizer.from_folder(tiny_tokenizer_folder).vocab_size
+    folders = {}
+    for name, seed, layers in (("slm", 21, 2), ("llm", 22, 3)):
+        folder = root / name
+        shutil.copytree(tiny_tokenizer_folder, folder)
+        save_model(make_tiny_model(seed, vocab=vocab, layers=layers), folder)
+        folders[name] = folder
+    with DaemonGroup(log_dir=root / "logs") as group:
+        coordinator = group.start("coordinator", ["-m", "edgecloud.coordinator", "--listen", "127.0.0.1:0",
+                                                  "--heartbeat-interval-s", "1"])
+        cloud = group.start("cloud", ["-m", "edgecloud.cloud_node", "--model", str(folders["llm"]), "--dtype", "fp32",
+                                      "--listen", "127.0.0.1:0", "--coordinator", coordinator.address])
+        edge = group.start("edge", ["-m", "edgecloud.edge_node", "--model", str(folders["slm"]), "--dtype", "fp32",
+                                    "--listen", "127.0.0.1:0", "--coordinator", coordinator.address,
+                                    "--max-tokens-limit", "64"])
+        client = Client(coordinator.address, timeout_s=120)
+        deadline = time.monotonic() + 60
+        while len([n for n in client.status() if n.live]) < 2:
+            assert time.monotonic() < deadline, "nodes did not register with the coordinator"
+            time.sleep(0.1)
+        yield {"client": client, "coordinator": coordinator, "cloud": cloud, "edge": edge, "folders": folders}
+        client.close()

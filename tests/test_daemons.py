@@ -7,8 +7,6 @@ verification): the extremes of every policy equal the respective model's greedy 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import time
 
 import grpc
 import pytest
@@ -17,9 +15,8 @@ import torch
 from edgecloud import Client, EdgecloudError
 from edgecloud.client import Summary, TokenEvent
 from edgecloud.models.generate import generate_ids
-from edgecloud.models.loader import load_model, save_model
+from edgecloud.models.loader import load_model
 from edgecloud.models.tokenizer import Tokenizer
-from edgecloud.processes import DaemonGroup
 from edgecloud.v1 import cloud_node_pb2, cloud_node_pb2_grpc
 
 PROMPT = "def fib(n):"
@@ -27,30 +24,8 @@ MAX = 24
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, tiny_tokenizer_folder, make_tiny_model):
-    root = tmp_path_factory.mktemp("cluster")
-    vocab = Tokenizer.from_folder(tiny_tokenizer_folder).vocab_size
-    folders = {}
-    for name, seed, layers in (("slm", 21, 2), ("llm", 22, 3)):
-        folder = root / name
-        shutil.copytree(tiny_tokenizer_folder, folder)
-        save_model(make_tiny_model(seed, vocab=vocab, layers=layers), folder)
-        folders[name] = folder
-    with DaemonGroup(log_dir=root / "logs") as group:
-        coordinator = group.start("coordinator", ["-m", "edgecloud.coordinator", "--listen", "127.0.0.1:0",
-                                                  "--heartbeat-interval-s", "1"])
-        cloud = group.start("cloud", ["-m", "edgecloud.cloud_node", "--model", str(folders["llm"]), "--dtype", "fp32",
-                                      "--listen", "127.0.0.1:0", "--coordinator", coordinator.address])
-        edge = group.start("edge", ["-m", "edgecloud.edge_node", "--model", str(folders["slm"]), "--dtype", "fp32",
-                                    "--listen", "127.0.0.1:0", "--coordinator", coordinator.address,
-                                    "--max-tokens-limit", "64"])
-        client = Client(coordinator.address, timeout_s=120)
-        deadline = time.monotonic() + 60
-        while len([n for n in client.status() if n.live]) < 2:
-            assert time.monotonic() < deadline, "nodes did not register with the coordinator"
-            time.sleep(0.1)
-        yield {"client": client, "coordinator": coordinator, "cloud": cloud, "edge": edge, "folders": folders}
-        client.close()
+def cluster(tiny_cluster):
+    return tiny_cluster
 
 
 def _greedy(folder, prompt=PROMPT, max_new=MAX) -> list[int]:
