@@ -17,6 +17,9 @@ app = typer.Typer(help="edgecloud: distributed edge-cloud collaborative inferenc
                   pretty_exceptions_show_locals=False)
 models_app = typer.Typer(help="Pull and list models of the model zoo.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+reward_app = typer.Typer(help="Collect data for and train the learned reward head (the router's score).",
+                         no_args_is_help=True)
+app.add_typer(reward_app, name="reward")
 
 err = Console(stderr=True)
 DEMO_PROMPT = "Write a Python function that returns the n-th Fibonacci number iteratively."
@@ -179,6 +182,127 @@ def simulate(
         raise _fail(str(exc)) from exc
     summary = run_experiment(loaded, out_dir=out or default_out_dir(loaded), models_override=overrides, dtype=dtype)
     err.print(f"[green]summary:[/] {summary}")
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@reward_app.command("collect")
+def reward_collect(
+    out: Annotated[Path, typer.Option(help="data directory (shards + manifest.json); a re-run resumes")],
+    slm: Annotated[str, typer.Option(help="edge model")] = "qwen2.5-coder-0.5b-instruct",
+    llm: Annotated[str, typer.Option(help="cloud model (same tokenizer)")] = "qwen2.5-coder-1.5b-instruct",
+    splits: Annotated[str, typer.Option(help="comma-separated: train, calibration, held-out")] =
+        "train,calibration,held-out",
+    source: Annotated[str, typer.Option(help="teacher-forced | generated | both")] = "both",
+    max_files: Annotated[int, typer.Option(min=0, help="teacher-forced: files per split")] = 50,
+    max_windows_per_file: Annotated[int, typer.Option(min=1, help="teacher-forced: windows per file")] = 4,
+    window_tokens: Annotated[int, typer.Option(min=2, help="teacher-forced: tokens per window")] = 512,
+    tasks: Annotated[int, typer.Option(min=0, help="generated: code-completion tasks per split")] = 64,
+    tasks_per_file: Annotated[int, typer.Option(min=1, help="generated: functions per file at most")] = 4,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="generated: answer tokens at most")] = 128,
+    sequences_per_shard: Annotated[int, typer.Option(min=1, help="sequences per shard file")] = 16,
+    dtype: Annotated[str, typer.Option(help="bf16 | fp32")] = "bf16",
+    threads: Annotated[int, typer.Option(min=0, help="torch threads (0 = torch's default); 1 is far faster "
+                                                     "when other jobs share the cores")] = 0,
+) -> None:
+    """Record per-token SLM features and LLM agreement on standard-library code, into shards."""
+    import torch
+
+    from edgecloud.coordinator.reward_data import (
+        SOURCES,
+        CollectConfig,
+        RewardDataError,
+        collect,
+        read_manifest,
+    )
+    from edgecloud.models.loader import load_model, model_display_name, resolve_source
+    from edgecloud.models.tokenizer import Tokenizer
+
+    if dtype not in ("bf16", "fp32"):
+        raise _fail(f"unknown dtype {dtype!r}; choose bf16 or fp32")
+    if source not in (*SOURCES, "both"):
+        raise _fail(f"unknown source {source!r}; choose teacher-forced, generated or both")
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        config = CollectConfig(
+            slm=model_display_name(slm), llm=model_display_name(llm), splits=_csv(splits),
+            sources=SOURCES if source == "both" else (source,), max_files=max_files,
+            max_windows_per_file=max_windows_per_file, window_tokens=window_tokens, tasks=tasks,
+            tasks_per_file=tasks_per_file, max_new_tokens=max_new_tokens, sequences_per_shard=sequences_per_shard,
+            dtype=dtype)
+        read_manifest(out, config)  # refuse another model pair or other settings before loading anything
+        slm_folder, llm_folder = resolve_source(slm), resolve_source(llm)
+        tokenizer = Tokenizer.from_folder(slm_folder)
+        if (llm_folder / "tokenizer.json").is_file() and (
+                (llm_folder / "tokenizer.json").read_bytes() != (slm_folder / "tokenizer.json").read_bytes()):
+            raise RewardDataError(f"{slm} and {llm} have different tokenizers: agreement needs one")
+        started = time.perf_counter()
+        models = [load_model(folder, dtype=getattr(torch, DTYPES[dtype])) for folder in (slm_folder, llm_folder)]
+    except Exception as exc:  # report any input or load problem as one clear line
+        raise _fail(str(exc)) from exc
+    err.print(f"[dim]loaded {slm_folder.name} and {llm_folder.name} in {time.perf_counter() - started:.1f} s[/]")
+    try:
+        stats = collect(*models, tokenizer, config, out)
+    except RewardDataError as exc:
+        raise _fail(str(exc)) from exc
+    if not any(s.items for s in stats.by_source.values()):
+        err.print(f"[green]nothing to do:[/] all {stats.skipped_items} items are already in {out}")
+        return
+    table = Table("source", "items", "recorded", "forwarded", "generated", "gen/SLM/LLM s", "recorded tok/s",
+                  title=f"{out}: {stats.shards_written} shards written, {stats.skipped_items} items already done")
+    for name, s in stats.by_source.items():
+        if s.items:
+            table.add_row(name, str(s.items), str(s.positions), str(s.sequence_tokens), str(s.generated_tokens),
+                          f"{s.generate_s:.0f}/{s.slm_s:.0f}/{s.llm_s:.0f}", f"{s.positions / max(s.seconds, 1e-9):.1f}")
+    Console(stderr=True).print(table)
+
+
+@reward_app.command("train")
+def reward_train(
+    data: Annotated[Path, typer.Option(help="data directory written by `edgecloud reward collect`")],
+    out: Annotated[Path, typer.Option(help="the head to write (.safetensors)")],
+    features: Annotated[str, typer.Option(help="comma-separated: hidden, entropy, max_prob, margin, "
+                                               "log_position")] = "hidden,entropy,max_prob,margin,log_position",
+    hidden_units: Annotated[int, typer.Option(min=0, help="0 = linear head, else a 2-layer MLP this wide")] = 0,
+    train_sources: Annotated[str, typer.Option(help="sources to fit on: teacher-forced, generated (comma-separated)")]
+        = "teacher-forced,generated",
+    report: Annotated[Path | None, typer.Option(help="JSON report (default: next to the head)")] = None,
+    max_epochs: Annotated[int, typer.Option(min=1, help="epochs at most (early stopping on calibration)")] = 40,
+    learning_rate: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.05,
+    balance: Annotated[bool, typer.Option(help="weigh both classes equally (bias corrected after)")] = True,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Fit the reward head on the train split; report held-out AUROC of predicting disagreement."""
+    from edgecloud.coordinator.reward import RewardHeadError
+    from edgecloud.coordinator.reward_data import RewardDataError
+    from edgecloud.coordinator.reward_train import TrainConfig, train_and_report
+
+    if not data.is_dir():
+        raise _fail(f"data directory {data} not found")
+    report = report or out.with_suffix(".report.json")
+    try:
+        config = TrainConfig(features=_csv(features), hidden_units=hidden_units, train_sources=_csv(train_sources),
+                             max_epochs=max_epochs, learning_rate=learning_rate, weight_decay=weight_decay,
+                             balance_classes=balance, seed=seed)
+        result = train_and_report(data, out, report, config)
+    except (RewardDataError, RewardHeadError) as exc:
+        raise _fail(str(exc)) from exc
+    table = Table("split", "source", "tokens", "disagree rate", "head", "entropy", "1-max_prob", "1-margin",
+                  title="AUROC of predicting disagreement")
+    for split, summary in result["splits"].items():
+        if summary is None:
+            continue
+        for name, part in [("all", summary), *summary["by_source"].items()]:
+            au = part["auroc_disagreement"]
+            table.add_row(split, name, str(part["tokens"]), f"{part['disagree_rate']}",
+                          *(f"{au[k]}" for k in ("head", "entropy", "1-max_prob", "1-margin")))
+    Console(stderr=True).print(table)
+    err.print(f"[green]head:[/] {out} ({result['head_bytes']} bytes, {result['epochs']} epochs, best "
+              f"{result['best_epoch']}, {result['train_seconds']} s); report: {report}")
 
 
 app.add_typer(netem_app, name="netem")
