@@ -172,10 +172,13 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/hybrid_eval.json"))
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/results/hybrid_eval.png"))
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--summary-only", action="store_true", help="no generation: summarise what --results has")
     args = parser.parse_args()
     if not 1 <= args.problems <= 164:
         parser.error("--problems must be in [1, 164]")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     tokenizer = Tokenizer.from_folder(resolve_source(args.llm))
     reward_head = RewardHead.load(args.reward_head, slm=args.slm, llm=args.llm) if args.reward_head else None
