@@ -13,12 +13,15 @@ import torch
 
 from edgecloud.client import Summary, TokenEvent
 from edgecloud.coordinator.evaluation.engine import NgramIndex, PairOracle, PrefixOracle, complete
+from edgecloud.coordinator.evaluation.humaneval import chat_request, load_problems
+from edgecloud.coordinator.evaluation.sweep import STOP
 from edgecloud.coordinator.policies import make_policy
 from edgecloud.models.generate import generate_ids
 from edgecloud.models.loader import load_model
 from edgecloud.models.tokenizer import Tokenizer
 
 PROMPTS = ("def fib(n):", "for i in range(10):")
+PROBLEMS = load_problems(2, offset=10)  # HumanEval/10 and /11, asked as the sweep asks them
 MAX = 24
 CONFIGS = [("slm-only", None), ("llm-only", None), ("speculative", None), ("entropy", 0.5), ("entropy", 1.5),
            ("max-prob", 0.5), ("max-prob", 0.8), ("margin", 0.3), ("random", 0.3), ("query", 1.0),
@@ -33,19 +36,20 @@ def pair(tiny_cluster):
             tokenizer)
 
 
-@pytest.mark.parametrize("prompt", PROMPTS)
-def test_engine_equals_daemons_on_every_configuration(tiny_cluster, pair, prompt) -> None:
+@pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.task_id)
+def test_engine_equals_daemons_on_every_configuration(tiny_cluster, pair, problem) -> None:
     slm, llm, tokenizer = pair
-    oracle = PairOracle(slm, llm, tokenizer.prompt_ids(prompt))  # one oracle shared by all configurations
+    user, prefix = chat_request(problem)
+    oracle = PairOracle(slm, llm, tokenizer.prompt_ids(user, assistant_prefix=prefix))  # shared by all configs
     cloud_tokens_seen = 0
     for name, threshold in CONFIGS:
-        events = list(tiny_cluster["client"].generate(prompt, max_tokens=MAX, policy=name, threshold=threshold,
-                                                      seed=7))
+        events = list(tiny_cluster["client"].generate(user, assistant_prefix=prefix, max_tokens=MAX, policy=name,
+                                                      threshold=threshold, seed=7, stop=(STOP,)))
         summary = events[-1]
         assert isinstance(summary, Summary)
         tokens = [e for e in events if isinstance(e, TokenEvent) and e.token_id >= 0]
         got = asyncio.run(complete(oracle, tokenizer, make_policy(name, threshold, seed=7), max_tokens=MAX,
-                                   stop=(), seed=7))
+                                   stop=(STOP,), seed=7))
         label = f"{name}@{threshold}"
         assert got.token_ids == [e.token_id for e in tokens], label
         assert got.sources == [e.source for e in tokens], label
