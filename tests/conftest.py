@@ -81,17 +81,26 @@ def make_tiny_model():
     return tiny_model
 
 
+@pytest.fixture(scope="session")
+def make_tiny_pair(tiny_tokenizer_folder):
+    """Builder of an SLM (2 layers) and an LLM (3 layers) as model folders with the tiny tokenizer."""
+    def build(root: Path, seeds: tuple[int, int]) -> dict[str, Path]:
+        vocab = Tokenizer.from_folder(tiny_tokenizer_folder).vocab_size
+        folders = {}
+        for name, seed, layers in (("slm", seeds[0], 2), ("llm", seeds[1], 3)):
+            folder = root / name
+            shutil.copytree(tiny_tokenizer_folder, folder)
+            save_model(tiny_model(seed, vocab=vocab, layers=layers), folder)
+            folders[name] = folder
+        return folders
+    return build
+
+
 @pytest.fixture(scope="module")
-def tiny_cluster(tmp_path_factory, tiny_tokenizer_folder, make_tiny_model):
+def tiny_cluster(tmp_path_factory, make_tiny_pair):
     """Coordinator, cloud (3-layer tiny LLM) and edge (2-layer tiny SLM) as real processes on port 0."""
     root = tmp_path_factory.mktemp("cluster")
-    vocab = Tokenizer.from_folder(tiny_tokenizer_folder).vocab_size
-    folders = {}
-    for name, seed, layers in (("slm", 21, 2), ("llm", 22, 3)):
-        folder = root / name
-        shutil.copytree(tiny_tokenizer_folder, folder)
-        save_model(make_tiny_model(seed, vocab=vocab, layers=layers), folder)
-        folders[name] = folder
+    folders = make_tiny_pair(root, (21, 22))
     with DaemonGroup(log_dir=root / "logs") as group:
         coordinator = group.start("coordinator", ["-m", "edgecloud.coordinator", "--listen", "127.0.0.1:0",
                                                   "--heartbeat-interval-s", "1"])

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from io import StringIO
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from edgecloud.models.loader import save_model
-from edgecloud.models.tokenizer import Tokenizer
 from edgecloud.simulator.cluster import assign_cores, plan_routes
 from edgecloud.simulator.experiment import parse_experiment
 from edgecloud.simulator.records import percentile, read_jsonl, summarize
@@ -62,16 +59,8 @@ max_new_tokens = 8
 
 
 @pytest.fixture(scope="module")
-def tiny_pair(tmp_path_factory, tiny_tokenizer_folder, make_tiny_model) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("runner-models")
-    vocab = Tokenizer.from_folder(tiny_tokenizer_folder).vocab_size
-    folders = {}
-    for name, seed, layers in (("slm", 31, 2), ("llm", 32, 3)):
-        folder = root / name
-        shutil.copytree(tiny_tokenizer_folder, folder)
-        save_model(make_tiny_model(seed, vocab=vocab, layers=layers), folder)
-        folders[name] = folder
-    return folders
+def tiny_pair(tmp_path_factory, make_tiny_pair) -> dict[str, Path]:
+    return make_tiny_pair(tmp_path_factory.mktemp("runner-models"), (31, 32))
 
 
 def _experiment(tiny_pair: dict[str, Path], text: str = EXPERIMENT):
