@@ -41,6 +41,7 @@ from edgecloud.models.tokenizer import Tokenizer
 
 SLM, LLM = "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"
 CURVE_POLICIES = ("random", "query", "entropy", "max-prob", "margin", "reward")
+MATCHED_SHARES = (0.05, 0.08, 0.1, 0.2)  # PGR read off each policy's curve at these cloud shares
 
 
 def load_configs(path: Path, settings: dict, slm, tokenizer, reward_head, shares, tasks) -> list[Configuration]:
@@ -60,6 +61,14 @@ def load_configs(path: Path, settings: dict, slm, tokenizer, reward_head, shares
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _ci(n: int, statistic, resamples: int) -> tuple[float, float] | None:
+    """Bootstrap 95% interval, or None where too many resamples have no SLM-LLM quality gap."""
+    try:
+        return metrics.bootstrap_ci(n, statistic, resamples=resamples)
+    except ValueError:
+        return None
 
 
 def summarize(rows: list[dict], configs: list[Configuration], resamples: int) -> dict:
@@ -94,9 +103,8 @@ def summarize(rows: list[dict], configs: list[Configuration], resamples: int) ->
                  "tokens_per_problem": tokens / n, "truncated": sum(r["finish_reason"] == "length" for r in rs)}
         if gap_ok(None):
             entry["pgr"] = metrics.pgr(m.quality(), weak.quality(), strong.quality())
-            entry["pgr_ci95"] = metrics.bootstrap_ci(n, lambda idx, m=m: metrics.pgr(
-                m.quality(idx), weak.quality(idx), strong.quality(idx)) if gap_ok(idx) else math.nan,
-                resamples=resamples)
+            entry["pgr_ci95"] = _ci(n, lambda idx, m=m: metrics.pgr(
+                m.quality(idx), weak.quality(idx), strong.quality(idx)) if gap_ok(idx) else math.nan, resamples)
         per_config[config.label] = entry
     policies = {}
     for name in CURVE_POLICIES:
@@ -113,12 +121,45 @@ def summarize(rows: list[dict], configs: list[Configuration], resamples: int) ->
                    "cpt50": lambda pts, w, s: metrics.cpt(pts, w, s, 0.5),
                    "cpt80": lambda pts, w, s: metrics.cpt(pts, w, s, 0.8)}
         policies[name] = {key: stat(None, fn) for key, fn in figures.items()}
-        policies[name].update({f"{key}_ci95": metrics.bootstrap_ci(n, lambda idx, fn=fn: stat(idx, fn),
-                                                                   resamples=resamples)
+        policies[name].update({f"{key}_ci95": _ci(n, lambda idx, fn=fn: stat(idx, fn), resamples)
                                for key, fn in figures.items()})
         policies[name]["points"] = metrics.curve(members)
+        curve_pgr = metrics.pgr_curve(policies[name]["points"], weak.quality(), strong.quality())
+        policies[name]["pgr_at_share"] = {f"{share:.2f}": float(np.interp(share, *zip(*curve_pgr, strict=True)))
+                                          for share in MATCHED_SHARES}
     return {"problems": n, "task_ids": tasks, "slm_pass_at_1": weak.quality(), "llm_pass_at_1": strong.quality(),
             "configs": per_config, "policies": policies}
+
+
+def _interval(ci) -> str:
+    if ci is None:
+        return "[undefined]"
+    low, high = ci
+    return f"[{_num(low)}, {_num(high)}]"
+
+
+def _num(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isinf(value)):
+        return "not reached"
+    return f"{value:.{digits}f}"
+
+
+def markdown(summary: dict) -> str:
+    """The README's tables: one row per policy, then one per configuration."""
+    lines = ["| policy | APGR [95% CI] | CPT(50%) [95% CI] | CPT(80%) [95% CI] | PGR at 5% / 8% / 10% / 20% cloud |",
+             "|---|---|---|---|---|"]
+    for name, e in summary["policies"].items():
+        at = " / ".join(f"{v:.2f}" for v in e["pgr_at_share"].values())
+        lines.append(f"| {name} | {_num(e['apgr'])} {_interval(e['apgr_ci95'])} | {_num(e['cpt50'])} "
+                     f"{_interval(e['cpt50_ci95'])} | {_num(e['cpt80'])} {_interval(e['cpt80_ci95'])} | {at} |")
+    lines += ["", "| config | cloud share | pass@1 | PGR [95% CI] | round trips / token | bytes up / down per token "
+              "| LLM agreement |", "|---|---|---|---|---|---|---|"]
+    for label, e in summary["configs"].items():
+        pgr_text = f"{e['pgr']:.2f} {_interval(e['pgr_ci95'])}" if "pgr" in e else "—"
+        lines.append(f"| {label} | {100 * e['cloud_share']:.1f}% | {100 * e['pass_at_1']:.1f}% | {pgr_text} | "
+                     f"{e['round_trips_per_token']:.3f} | {e['bytes_up_per_token']:.1f} / "
+                     f"{e['bytes_down_per_token']:.1f} | {e['llm_agreement']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _finite(value):
@@ -171,6 +212,7 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/hybrid_eval.jsonl"))
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/hybrid_eval.json"))
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/results/hybrid_eval.png"))
+    parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown here")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--summary-only", action="store_true", help="no generation: summarise what --results has")
@@ -217,6 +259,8 @@ def main() -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(_finite(result), indent=1))
     plot(summary, args.plot)
+    if args.markdown:
+        args.markdown.write_text(markdown(summary))
     log(f"wrote {args.json} and {args.plot}")
     for name, entry in summary["policies"].items():
         log(f"{name}: APGR {entry['apgr']:.3f} CPT50 {entry['cpt50']} CPT80 {entry['cpt80']}")
