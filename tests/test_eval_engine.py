@@ -102,3 +102,13 @@ def test_ngram_index_guesses_what_followed_the_longest_match() -> None:
     assert index.guess([2, 3, 4], 2) == [5, 6]  # the 3-gram (2, 3, 4) beats the later 2-gram (3, 4)
     assert index.guess([0, 3, 4], 5) == [7, 8]  # latest occurrence of (3, 4)
     assert index.guess([42], 3) == []
+
+
+def test_a_prefix_keeps_its_first_record_when_recomputed(pair) -> None:
+    slm, _, tokenizer = pair
+    oracle = PrefixOracle(slm, tokenizer.prompt_ids(PROMPTS[0]), features=True)
+    oracle.compute((), [5, 6, 7, 8])
+    first = {key: oracle.records[key] for key in [(), (5,), (5, 6), (5, 6, 7), (5, 6, 7, 8)]}
+    oracle.compute((), [9])  # moves the cache off the path
+    oracle.compute((5, 6, 7, 8), [1])  # recomputes (5,), (5, 6), ... in another chunking
+    assert all(oracle.records[key] is record for key, record in first.items())

@@ -150,6 +150,10 @@ class PrefixOracle:
             entropy, max_prob, margin = (t.tolist() for t in uncertainty(logits))
         normed = model.norm(states)[0].float() if self.hidden else None  # (T', C)
         for i, key in enumerate(starts):
+            if key in self.records:
+                # First value wins: recomputing a prefix in another chunking can flip a bf16 near-tie,
+                # and every configuration must see one consistent model.
+                continue
             if self.features:
                 self.records[key] = Record(tokens_out[i], entropy[i], max_prob[i], margin[i],
                                            None if normed is None else normed[i].clone())
