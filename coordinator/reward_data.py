@@ -31,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from edgecloud.coordinator.calibration import code_tasks, mixed_order, stdlib_relative, teacher_forced_pass
+from edgecloud.coordinator.prompts import ends_answer
 from edgecloud.corpus import SPLITS, Split, stdlib_files
 from edgecloud.models.generate import generate_ids
 from edgecloud.models.llama import LlamaModel
@@ -39,7 +40,6 @@ from edgecloud.models.tokenizer import Tokenizer
 SOURCES = ("teacher-forced", "generated")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-CODE_FENCE_END = "```"
 FP16_MAX = 65504.0
 MODEL_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 COLUMNS = {"hidden": torch.float16, "entropy": torch.float32, "max_prob": torch.float32, "margin": torch.float32,
@@ -164,7 +164,7 @@ def generate_answer(slm: LlamaModel, tokenizer: Tokenizer, prompt_ids: Sequence[
     answer: list[int] = []
     for token in generate_ids(slm, list(prompt_ids), max_new_tokens=max_new_tokens):
         answer.append(token)
-        if token in tokenizer.eos_token_ids or CODE_FENCE_END in tokenizer.decode(answer[-4:]):
+        if ends_answer(tokenizer, answer):
             break
     return answer
 

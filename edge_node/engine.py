@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from edgecloud.coordinator.calibration import calibration_tasks
 from edgecloud.coordinator.features import TokenFeatures
 from edgecloud.coordinator.policies import PolicyError, RoutingPolicy, make_policy
+from edgecloud.coordinator.prompts import ends_answer
 from edgecloud.coordinator.router import Accounting, CloudLink, HybridRouter
 from edgecloud.edge_node.drafter import Drafter, ThreadedDrafter
 from edgecloud.models.generate import SamplingParams
@@ -136,7 +137,7 @@ class EdgeEngine:
             token, feats = drafter.draft()
             features.append(feats)
             ids.append(token)
-            if token in self.tokenizer.eos_token_ids or "```" in self.tokenizer.decode(ids[-4:]):
+            if ends_answer(self.tokenizer, ids):
                 break
             drafter.feed(token)
         return features

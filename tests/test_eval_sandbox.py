@@ -14,6 +14,7 @@ import pytest
 
 from edgecloud.coordinator.evaluation import humaneval
 from edgecloud.coordinator.evaluation.sandbox import run_many, run_program
+from edgecloud.coordinator.prompts import CODE_FENCE
 
 GOOD = """
 def add(a, b):
@@ -177,8 +178,9 @@ def test_chat_request_is_the_recorded_traces_prompt() -> None:
     problems = humaneval.load_problems(limit=3)
     assert [humaneval.chat_request(p) for p in problems] == humaneval_requests(3)
     user, prefix = humaneval.chat_request(problems[0])
-    assert prefix == humaneval.CODE_FENCE + problems[0].prompt
+    assert prefix == CODE_FENCE + problems[0].prompt
     assert user.startswith("Complete the following Python function.\n\n```python\n") and user.endswith("```")
+    assert user == "Complete the following Python function.\n\n```python\n" + problems[0].prompt + "```"
 
 
 def test_completion_code_cuts_at_the_closing_fence() -> None:

@@ -28,6 +28,7 @@ import torch
 
 from edgecloud.coordinator.features import TokenFeatures, uncertainty
 from edgecloud.coordinator.policies import RoutingPolicy
+from edgecloud.coordinator.prompts import CLOSING_FENCE
 from edgecloud.coordinator.router import Accounting, HybridRouter, LinkVerdict
 from edgecloud.models.llama import LlamaModel
 from edgecloud.models.tokenizer import Tokenizer
@@ -284,7 +285,7 @@ class Completion:
 
 
 async def complete(oracle: PairOracle, tokenizer: Tokenizer, policy: RoutingPolicy, *, max_tokens: int,
-                   stop: Sequence[str] = ("```",), seed: int | None = None) -> Completion:
+                   stop: Sequence[str] = (CLOSING_FENCE,), seed: int | None = None) -> Completion:
     """Run ``policy`` on the oracle's prompt through the real router, stopping like the edge engine does."""
     cloud = OracleCloudLink(oracle, seed=seed)
     drafter = OracleDrafter(oracle) if policy.uses_edge_draft else None

@@ -14,8 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-CODE_FENCE = "```python\n"
-CLOSING_FENCE = "```"
+from edgecloud.coordinator.prompts import CLOSING_FENCE, completion_request
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,7 @@ def _problem(record: dict) -> Problem:
 
 def chat_request(problem: Problem) -> tuple[str, str]:
     """(user message, assistant prefix) for ``problem``, as the recorded traces use them."""
-    user = f"Complete the following Python function.\n\n```python\n{problem.prompt}```"
-    return user, CODE_FENCE + problem.prompt
+    return completion_request(problem.prompt)
 
 
 def completion_code(generated_text: str) -> str:

