@@ -15,7 +15,7 @@ with the verdict and takes its place.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -238,3 +238,28 @@ class HybridRouter:
                 fed = drafter.num_tokens - base  # window tokens already in the SLM's cache
                 keep = min(fed, verdict.accepted)
                 await drafter.rollback(base + keep, then_feed=[*window[keep:verdict.accepted], verdict.next_token])
+
+
+class TextDecoder(Protocol):
+    def push(self, token_id: int) -> str: ...
+
+
+async def until_stop(router: HybridRouter, decoder: TextDecoder,
+                     stops: Sequence[str]) -> AsyncIterator[tuple[TokenEvent, str]]:
+    """The router's events with the text each completes, ending after the one that completes a stop string.
+
+    The router's generator is closed on every way out, so it closes its books (wall time, edge compute);
+    consume this with ``contextlib.aclosing`` for the same guarantee when the consumer stops early.
+    """
+    text = ""
+    events = router.run()
+    try:
+        async for event in events:
+            piece = decoder.push(event.token_id)
+            text += piece
+            yield event, piece
+            if any(stop and stop in text for stop in stops):
+                router.accounting.finish_reason = "stop"
+                return
+    finally:
+        await events.aclose()

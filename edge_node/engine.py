@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from edgecloud.coordinator.calibration import calibration_tasks
 from edgecloud.coordinator.features import TokenFeatures
 from edgecloud.coordinator.policies import PolicyError, RoutingPolicy, make_policy
 from edgecloud.coordinator.prompts import ends_answer
-from edgecloud.coordinator.router import Accounting, CloudLink, HybridRouter
+from edgecloud.coordinator.router import Accounting, CloudLink, HybridRouter, until_stop
 from edgecloud.edge_node.drafter import Drafter, ThreadedDrafter
 from edgecloud.models.generate import SamplingParams
 from edgecloud.models.llama import LlamaModel
@@ -161,25 +162,13 @@ class EdgeEngine:
                                   max_new_tokens=request.max_tokens, stop_ids=self.tokenizer.eos_token_ids,
                                   prefetch=request.cloud_prefetch)
             decoder = self.tokenizer.stream_decoder()
-            text = ""
             last = None
-            events = router.run()
-            try:
-                async for event in events:
-                    piece = decoder.push(event.token_id)
-                    text += piece
+            async with aclosing(until_stop(router, decoder, request.stop)) as stream:
+                async for event, piece in stream:
                     last = event
                     yield TextEvent(piece, event.token_id, event.source, event.checked)
-                    if _hit_stop(text, request.stop):
-                        router.accounting.finish_reason = "stop"
-                        break
-            finally:
-                await events.aclose()  # the router closes its books (wall time, edge compute) here
             if last is not None and (rest := decoder.flush()):
                 yield TextEvent(rest, NO_TOKEN, last.source, last.checked)
         yield router.accounting
 
-
-def _hit_stop(text: str, stops: Sequence[str]) -> bool:
-    return any(stop and stop in text for stop in stops)
 

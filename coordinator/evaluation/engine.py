@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +30,7 @@ import torch
 from edgecloud.coordinator.features import TokenFeatures, uncertainty
 from edgecloud.coordinator.policies import RoutingPolicy
 from edgecloud.coordinator.prompts import CLOSING_FENCE
-from edgecloud.coordinator.router import Accounting, HybridRouter, LinkVerdict
+from edgecloud.coordinator.router import Accounting, HybridRouter, LinkVerdict, until_stop
 from edgecloud.models.llama import LlamaModel
 from edgecloud.models.tokenizer import Tokenizer
 from edgecloud.v1 import cloud_node_pb2 as pb
@@ -293,17 +294,11 @@ async def complete(oracle: PairOracle, tokenizer: Tokenizer, policy: RoutingPoli
                           stop_ids=tokenizer.eos_token_ids)
     decoder = tokenizer.stream_decoder()
     text, ids, sources = "", [], []
-    events = router.run()
-    try:
-        async for event in events:
-            text += decoder.push(event.token_id)
+    async with aclosing(until_stop(router, decoder, stop)) as stream:
+        async for event, piece in stream:
+            text += piece
             ids.append(event.token_id)
             sources.append(event.source)
-            if any(s and s in text for s in stop):
-                router.accounting.finish_reason = "stop"
-                break
-    finally:
-        await events.aclose()
     text += decoder.flush()
     return Completion(text, ids, sources, router.accounting, cloud.calls, oracle.llm_agreement(ids))
 
