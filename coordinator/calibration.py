@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import sysconfig
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import torch
 
 from edgecloud.coordinator.features import TokenFeatures, uncertainty
 from edgecloud.coordinator.prompts import completion_request
-from edgecloud.corpus import Split, stdlib_files
+from edgecloud.corpus import Split, stdlib_files, stdlib_relative
 from edgecloud.models.llama import LlamaModel
 
 
@@ -41,14 +40,6 @@ class CodeTask:
     file: str  # path of the source file relative to the standard library
     function: str
     line: int
-
-
-def stdlib_relative(path: Path) -> str:
-    """A standard-library file's path relative to the library (as the split hashes it)."""
-    try:
-        return path.relative_to(sysconfig.get_paths()["stdlib"]).as_posix()
-    except ValueError:
-        return path.as_posix()
 
 
 def mixed_order(paths: Sequence[Path]) -> list[Path]:

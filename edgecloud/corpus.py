@@ -21,11 +21,23 @@ def split_of(relative_path: str) -> Split:
     return "train" if bucket < 8 else "calibration" if bucket == 8 else "held-out"
 
 
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_relative(path: Path) -> str:
+    """A standard-library file's path relative to the library (what ``split_of`` hashes)."""
+    try:
+        return path.relative_to(stdlib_root()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 def stdlib_files(split: Split, *, min_bytes: int = 2_000, max_bytes: int = 200_000) -> list[Path]:
     """Standard-library ``.py`` files of one split, sorted by path (tests and site-packages excluded)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    root = Path(sysconfig.get_paths()["stdlib"])
+    root = stdlib_root()
     files = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()

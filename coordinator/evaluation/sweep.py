@@ -83,8 +83,7 @@ def calibrate(slm: LlamaModel, tokenizer: Tokenizer, *, shares: Sequence[float] 
     for name in TOKEN_POLICIES:
         if name == "reward" and reward_head is None:
             continue
-        options = {"reward_head": reward_head} if name == "reward" else {}
-        policy = make_policy(name, **options)
+        policy = make_configured_policy(Configuration(name), seed=0, reward_head=reward_head)
         configs += [Configuration(name, policy.calibrate(features, share), share) for share in shares]
     probe = [sum(f.entropy for f in r[:QueryPolicy.probe_tokens]) / max(1, len(r[:QueryPolicy.probe_tokens]))
              for r in per_request if r]
