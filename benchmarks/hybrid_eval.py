@@ -128,7 +128,21 @@ def summarize(rows: list[dict], configs: list[Configuration], resamples: int) ->
         policies[name]["pgr_at_share"] = {f"{share:.2f}": float(np.interp(share, *zip(*curve_pgr, strict=True)))
                                           for share in MATCHED_SHARES}
     return {"problems": n, "task_ids": tasks, "slm_pass_at_1": weak.quality(), "llm_pass_at_1": strong.quality(),
-            "configs": per_config, "policies": policies}
+            "completions": sum(len(rs) for rs in table.values()),
+            "completion_tokens": sum(r["tokens"] for rs in table.values() for r in rs),
+            "zero_cloud_call_rows": _zero_call_consistency(table, tasks), "configs": per_config, "policies": policies}
+
+
+def _zero_call_consistency(table: dict[str, list[dict]], tasks: list[str]) -> dict[str, int]:
+    """Rows of routing policies that made no cloud call, and how many differ from SLM-only's completion
+    (they should not: a difference is numerical noise in how the SLM's outputs were computed)."""
+    slm = {row["task_id"]: row for row in table["slm-only"]}
+    rows = [r for label, rs in table.items() if label not in ("slm-only", "llm-only", "speculative")
+            for r in rs if r["round_trips"] == 0]
+    differ = [r for r in rows if r["completion"] != slm[r["task_id"]]["completion"]]
+    return {"rows": len(rows), "differ_from_slm_only": len(differ),
+            "differ_in_pass": sum(r["passed"] != slm[r["task_id"]]["passed"] for r in differ),
+            "problems": len({r["task_id"] for r in differ})}
 
 
 def _interval(ci) -> str:
