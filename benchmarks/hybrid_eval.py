@@ -1,7 +1,7 @@
 """Quality of hybrid routing on HumanEval: pass@1 against cloud share for every policy.
 
 For SLM-only, LLM-only, speculative and each routing policy at thresholds calibrated on the
-standard library's calibration split, the evaluation engine (coordinator/evaluation/engine.py:
+standard library's calibration split, the evaluation engine (evaluation/engine.py:
 the real router over memoised outputs of both models, equal to the daemons' output on every
 configuration, tests/test_eval_engine.py) writes each problem's completion; each completion
 runs its tests in a sandboxed subprocess. RouteLLM's PGR, APGR and CPT with paired bootstrap
@@ -26,18 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgecloud.coordinator.evaluation import metrics
-from edgecloud.coordinator.evaluation.humaneval import load_problems
-from edgecloud.coordinator.evaluation.sweep import (
+from edgecloud.evaluation import metrics
+from edgecloud.evaluation.sweep import (
     DEFAULT_SHARES,
     Configuration,
     ResultStore,
     calibrate,
     evaluate_problem,
 )
-from edgecloud.coordinator.reward import RewardHead
+from edgecloud.humaneval import load_problems
 from edgecloud.models.loader import load_model, resolve_source
 from edgecloud.models.tokenizer import Tokenizer
+from edgecloud.routing.reward import RewardHead
 
 SLM, LLM = "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"
 CURVE_POLICIES = ("random", "query", "entropy", "max-prob", "margin", "reward")

@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 from edgecloud.client import Client, Summary
-from edgecloud.coordinator.evaluation.humaneval import Problem, chat_request, load_problems
-from edgecloud.coordinator.prompts import CLOSING_FENCE
 from edgecloud.demo import start_cluster
+from edgecloud.humaneval import Problem, chat_request, load_problems
 from edgecloud.models.loader import resolve_source
 from edgecloud.processes import DaemonGroup
+from edgecloud.routing.prompts import CLOSING_FENCE
 
 SLM = "qwen2.5-coder-0.5b-instruct"
 LLM = "qwen2.5-coder-1.5b-instruct"
@@ -57,10 +57,10 @@ def thresholds_for_prompts(problems: list[Problem], slm_path: Path, max_tokens: 
     answers and flags almost nothing here; a latency benchmark needs the stated shares, so the
     quantiles come from the SLM's greedy answers to the benchmark prompts (no LLM output used).
     """
-    from edgecloud.coordinator.policies import make_policy
     from edgecloud.edge_node.engine import EdgeEngine
     from edgecloud.models.loader import load_model
     from edgecloud.models.tokenizer import Tokenizer
+    from edgecloud.routing.policies import make_policy
 
     engine = EdgeEngine(load_model(slm_path), Tokenizer.from_folder(slm_path))
     features = [f for p in problems for f in engine.generation_features(*chat_request(p), max_tokens=max_tokens)]

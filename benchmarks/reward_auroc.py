@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgecloud.coordinator.reward import SCALAR_FEATURES
-from edgecloud.coordinator.reward_train import TrainConfig, train_and_report
+from edgecloud.evaluation.reward_train import TrainConfig, train_and_report
+from edgecloud.routing.reward import SCALAR_FEATURES
 
 HEADS = {"linear": TrainConfig(), "mlp64": TrainConfig(hidden_units=64),
          "scalars": TrainConfig(features=SCALAR_FEATURES)}

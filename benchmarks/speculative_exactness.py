@@ -18,12 +18,12 @@ import torch
 
 from edgecloud.cloud_node.local_link import InProcessCloudLink
 from edgecloud.cloud_node.sessions import SessionStore
-from edgecloud.coordinator.policies import make_policy
-from edgecloud.coordinator.router import HybridRouter
 from edgecloud.edge_node.drafter import Drafter, ThreadedDrafter
 from edgecloud.models.generate import generate_ids
 from edgecloud.models.loader import load_model, resolve_source
 from edgecloud.models.tokenizer import Tokenizer
+from edgecloud.routing.policies import make_policy
+from edgecloud.routing.router import HybridRouter
 
 PROMPTS = ["Write a Python function that checks whether a number is prime.", "def fib(n):",
            "Explain recursion in one sentence."]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from edgecloud.cloud_node.sessions import SessionStore
-from edgecloud.coordinator.router import LinkVerdict
+from edgecloud.routing.router import LinkVerdict
 
 
 class InProcessCloudLink:

@@ -1,1 +1,1 @@
-"""edgecloud.coordinator: node registry, token router and policies, planners, client-facing API."""
+"""edgecloud.coordinator: node registry and credentials, placement, request accounting, client-facing API."""

@@ -10,8 +10,8 @@ from collections import OrderedDict
 import grpc
 
 from edgecloud import __version__, rpc
-from edgecloud.coordinator.policies import POLICIES
 from edgecloud.coordinator.registry import NodeInfo, NodeRegistry, NoNodeAvailable, Role
+from edgecloud.routing.policies import POLICIES
 from edgecloud.v1 import common_pb2, edge_node_pb2_grpc, generation_pb2
 from edgecloud.v1 import coordinator_pb2 as pb
 from edgecloud.v1 import coordinator_pb2_grpc as pb_grpc

@@ -9,7 +9,7 @@ import time
 
 import grpc
 
-from edgecloud.coordinator.router import LinkVerdict
+from edgecloud.routing.router import LinkVerdict
 from edgecloud.v1 import cloud_node_pb2 as pb
 from edgecloud.v1 import cloud_node_pb2_grpc as pb_grpc
 

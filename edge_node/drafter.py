@@ -7,9 +7,9 @@ import time
 
 import torch
 
-from edgecloud.coordinator.features import TokenFeatures, token_features
 from edgecloud.models.generate import SamplingParams, select_token
 from edgecloud.models.llama import LlamaModel
+from edgecloud.routing.features import TokenFeatures, token_features
 
 
 class Drafter:

@@ -14,16 +14,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from edgecloud.coordinator.calibration import calibration_tasks
-from edgecloud.coordinator.features import TokenFeatures
-from edgecloud.coordinator.policies import PolicyError, RoutingPolicy, make_policy
-from edgecloud.coordinator.prompts import ends_answer
-from edgecloud.coordinator.router import Accounting, CloudLink, HybridRouter, until_stop
 from edgecloud.edge_node.drafter import Drafter, ThreadedDrafter
 from edgecloud.models.generate import SamplingParams
 from edgecloud.models.llama import LlamaModel
 from edgecloud.models.tokenizer import Tokenizer
 from edgecloud.paths import edgecloud_home
+from edgecloud.routing.calibration import calibration_tasks
+from edgecloud.routing.features import TokenFeatures
+from edgecloud.routing.policies import PolicyError, RoutingPolicy, make_policy
+from edgecloud.routing.prompts import ends_answer
+from edgecloud.routing.router import Accounting, CloudLink, HybridRouter, until_stop
 
 CALIBRATION_TASKS = 8
 CALIBRATION_TOKENS = 64

@@ -7,7 +7,6 @@ import logging
 import grpc
 
 from edgecloud import rpc
-from edgecloud.coordinator.reward import RewardHead
 from edgecloud.daemon import NodeIdentity, serve_node
 from edgecloud.edge_node.cloud_client import GrpcCloudLink
 from edgecloud.edge_node.config import EdgeConfig
@@ -16,6 +15,7 @@ from edgecloud.edge_node.service import EdgeNodeServicer
 from edgecloud.models.dtypes import parse_dtype
 from edgecloud.models.loader import load_model, model_display_name, resolve_source
 from edgecloud.models.tokenizer import Tokenizer
+from edgecloud.routing.reward import RewardHead
 from edgecloud.v1 import cloud_node_pb2_grpc, common_pb2, edge_node_pb2_grpc
 
 log = logging.getLogger(__name__)

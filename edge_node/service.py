@@ -9,10 +9,10 @@ from collections.abc import Callable
 import grpc
 
 from edgecloud import __version__
-from edgecloud.coordinator.policies import POLICIES
-from edgecloud.coordinator.router import CLOUD, Accounting
 from edgecloud.edge_node.cloud_client import CloudUnavailable, GrpcCloudLink
 from edgecloud.edge_node.engine import EdgeEngine, GenerationRequest, RequestError
+from edgecloud.routing.policies import POLICIES
+from edgecloud.routing.router import CLOUD, Accounting
 from edgecloud.v1 import common_pb2, generation_pb2
 from edgecloud.v1 import edge_node_pb2 as pb
 from edgecloud.v1 import edge_node_pb2_grpc as pb_grpc

@@ -210,7 +210,7 @@ def reward_collect(
     """Record per-token SLM features and LLM agreement on standard-library code, into shards."""
     import torch
 
-    from edgecloud.coordinator.reward_data import (
+    from edgecloud.evaluation.reward_data import (
         SOURCES,
         CollectConfig,
         RewardDataError,
@@ -277,9 +277,9 @@ def reward_train(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Fit the reward head on the train split; report held-out AUROC of predicting disagreement."""
-    from edgecloud.coordinator.reward import RewardHeadError
-    from edgecloud.coordinator.reward_data import RewardDataError
-    from edgecloud.coordinator.reward_train import TrainConfig, train_and_report
+    from edgecloud.evaluation.reward_data import RewardDataError
+    from edgecloud.evaluation.reward_train import TrainConfig, train_and_report
+    from edgecloud.routing.reward import RewardHeadError
 
     if not data.is_dir():
         raise _fail(f"data directory {data} not found")

@@ -159,7 +159,7 @@ def _check_model(model: str, key: tuple[str | int, ...]) -> None:
 
 
 def _check_policy(edge: EdgeSpec, key: tuple[str | int, ...]) -> None:
-    from edgecloud.coordinator.policies import POLICIES
+    from edgecloud.routing.policies import POLICIES
 
     cls = POLICIES.get(edge.policy)
     if cls is None:

@@ -15,8 +15,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecloud.coordinator.evaluation.humaneval import chat_request, load_problems
-from edgecloud.coordinator.prompts import CLOSING_FENCE
+from edgecloud.humaneval import chat_request, load_problems
+from edgecloud.routing.prompts import CLOSING_FENCE
 from edgecloud.simulator.errors import ConfigError
 from edgecloud.simulator.experiment import Experiment, Workload
 

@@ -8,10 +8,10 @@ import pytest
 
 from edgecloud.cloud_node.local_link import InProcessCloudLink
 from edgecloud.cloud_node.sessions import SessionStore
-from edgecloud.coordinator.router import Accounting
 from edgecloud.edge_node.engine import NO_TOKEN, EdgeEngine, GenerationRequest, RequestError, TextEvent
 from edgecloud.models.generate import generate_ids
 from edgecloud.models.tokenizer import Tokenizer
+from edgecloud.routing.router import Accounting
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from edgecloud.client import Summary, TokenEvent
-from edgecloud.coordinator.evaluation.engine import NgramIndex, PairOracle, PrefixOracle, complete
-from edgecloud.coordinator.evaluation.humaneval import CLOSING_FENCE, chat_request, load_problems
-from edgecloud.coordinator.policies import make_policy
+from edgecloud.evaluation.engine import NgramIndex, PairOracle, PrefixOracle, complete
+from edgecloud.humaneval import CLOSING_FENCE, chat_request, load_problems
 from edgecloud.models.generate import generate_ids
 from edgecloud.models.loader import load_model
 from edgecloud.models.tokenizer import Tokenizer
+from edgecloud.routing.policies import make_policy
 
 PROMPTS = ("def fib(n):", "for i in range(10):")
 PROBLEMS = load_problems(2, offset=10)  # HumanEval/10 and /11, asked as the sweep asks them

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from edgecloud.coordinator.evaluation.metrics import (
+from edgecloud.evaluation.metrics import (
     Measurement,
     apgr,
     bootstrap_ci,

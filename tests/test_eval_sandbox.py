@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edgecloud.coordinator.evaluation import humaneval
-from edgecloud.coordinator.evaluation.sandbox import run_many, run_program
-from edgecloud.coordinator.prompts import CODE_FENCE
+from edgecloud import humaneval
+from edgecloud.evaluation.sandbox import run_many, run_program
+from edgecloud.routing.prompts import CODE_FENCE
 
 GOOD = """
 def add(a, b):

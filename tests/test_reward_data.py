@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgecloud.coordinator import reward_data
-from edgecloud.coordinator.calibration import code_tasks
-from edgecloud.coordinator.reward_data import (
+from edgecloud.evaluation import reward_data
+from edgecloud.evaluation.reward_data import (
     CollectConfig,
     DataDirectory,
     RewardDataError,
@@ -23,6 +22,7 @@ from edgecloud.coordinator.reward_data import (
 )
 from edgecloud.models.generate import generate_ids
 from edgecloud.models.tokenizer import Tokenizer
+from edgecloud.routing.calibration import code_tasks
 
 SPLIT = "held-out"
 CONFIG = CollectConfig(slm="tiny-slm", llm="tiny-llm", splits=(SPLIT,), max_files=2, max_windows_per_file=2,

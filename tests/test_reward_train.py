@@ -11,10 +11,10 @@ import torch
 from typer.testing import CliRunner
 
 from edgecloud.cli import app
-from edgecloud.coordinator.features import TokenFeatures
-from edgecloud.coordinator.reward import RewardHead
-from edgecloud.coordinator.reward_data import Records, write_shard
-from edgecloud.coordinator.reward_train import TrainConfig, auroc, inputs, load_split, train_and_report
+from edgecloud.evaluation.reward_data import Records, write_shard
+from edgecloud.evaluation.reward_train import TrainConfig, auroc, inputs, load_split, train_and_report
+from edgecloud.routing.features import TokenFeatures
+from edgecloud.routing.reward import RewardHead
 
 CHANNELS = 16
 SIZES = {"train": 6000, "calibration": 1500, "held-out": 3000}

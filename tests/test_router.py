@@ -8,11 +8,11 @@ import pytest
 
 from edgecloud.cloud_node.local_link import InProcessCloudLink
 from edgecloud.cloud_node.sessions import SessionStore
-from edgecloud.coordinator.features import TokenFeatures
-from edgecloud.coordinator.policies import PolicyError, RoutingPolicy, make_policy
-from edgecloud.coordinator.router import CLOUD, EDGE, HybridRouter
 from edgecloud.edge_node.drafter import Drafter, ThreadedDrafter
 from edgecloud.models.generate import generate_ids
+from edgecloud.routing.features import TokenFeatures
+from edgecloud.routing.policies import PolicyError, RoutingPolicy, make_policy
+from edgecloud.routing.router import CLOUD, EDGE, HybridRouter
 
 PROMPT = [3, 14, 15, 9, 2, 6]
 MAX_NEW = 24

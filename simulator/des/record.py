@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
-from edgecloud.coordinator.evaluation.humaneval import chat_request, load_problems
-from edgecloud.coordinator.features import uncertainty
+from edgecloud.humaneval import chat_request, load_problems
+from edgecloud.routing.features import uncertainty
 from edgecloud.simulator.des.traces import TokenTrace, TraceSet, save_traces
 
 

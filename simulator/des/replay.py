@@ -18,9 +18,9 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edgecloud.coordinator.features import TokenFeatures
-from edgecloud.coordinator.policies import PolicyError, RoutingPolicy, make_policy
-from edgecloud.coordinator.router import HybridRouter, LinkVerdict
+from edgecloud.routing.features import TokenFeatures
+from edgecloud.routing.policies import PolicyError, RoutingPolicy, make_policy
+from edgecloud.routing.router import HybridRouter, LinkVerdict
 from edgecloud.simulator.des.traces import TokenTrace
 from edgecloud.simulator.errors import ConfigError
 

@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from edgecloud.coordinator.features import TokenFeatures
-from edgecloud.coordinator.policies import QueryPolicy, RoutingPolicy, SlmOnly
+from edgecloud.routing.features import TokenFeatures
+from edgecloud.routing.policies import QueryPolicy, RoutingPolicy, SlmOnly
 
 EDGE = "edge"
 CLOUD = "cloud"

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from edgecloud.coordinator.features import TokenFeatures, uncertainty
-from edgecloud.coordinator.policies import RoutingPolicy
-from edgecloud.coordinator.prompts import CLOSING_FENCE
-from edgecloud.coordinator.router import Accounting, HybridRouter, LinkVerdict, until_stop
 from edgecloud.models.llama import LlamaModel
 from edgecloud.models.tokenizer import Tokenizer
+from edgecloud.routing.features import TokenFeatures, uncertainty
+from edgecloud.routing.policies import RoutingPolicy
+from edgecloud.routing.prompts import CLOSING_FENCE
+from edgecloud.routing.router import Accounting, HybridRouter, LinkVerdict, until_stop
 from edgecloud.v1 import cloud_node_pb2 as pb
 
 Prefix = tuple[int, ...]

@@ -15,21 +15,21 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edgecloud.coordinator.calibration import calibration_tasks
-from edgecloud.coordinator.evaluation.engine import (
+from edgecloud.evaluation.engine import (
     NgramIndex,
     PairOracle,
     PrefixOracle,
     complete,
     cost_summary,
 )
-from edgecloud.coordinator.evaluation.humaneval import Problem, chat_request, completion_code, program
-from edgecloud.coordinator.evaluation.sandbox import run_many
-from edgecloud.coordinator.features import TokenFeatures
-from edgecloud.coordinator.policies import QueryPolicy, make_policy
-from edgecloud.coordinator.prompts import CLOSING_FENCE, ends_answer
+from edgecloud.evaluation.sandbox import run_many
+from edgecloud.humaneval import Problem, chat_request, completion_code, program
 from edgecloud.models.llama import LlamaModel
 from edgecloud.models.tokenizer import Tokenizer
+from edgecloud.routing.calibration import calibration_tasks
+from edgecloud.routing.features import TokenFeatures
+from edgecloud.routing.policies import QueryPolicy, make_policy
+from edgecloud.routing.prompts import CLOSING_FENCE, ends_answer
 
 TOKEN_POLICIES = ("random", "entropy", "max-prob", "margin", "reward")
 BASELINES = ("slm-only", "llm-only", "speculative")

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
 
-from edgecloud.coordinator.features import TokenFeatures
+from edgecloud.routing.features import TokenFeatures
 
 
 class PolicyError(ValueError):

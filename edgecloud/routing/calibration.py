@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from edgecloud.coordinator.features import TokenFeatures, uncertainty
-from edgecloud.coordinator.prompts import completion_request
 from edgecloud.corpus import Split, stdlib_files, stdlib_relative
 from edgecloud.models.llama import LlamaModel
+from edgecloud.routing.features import TokenFeatures, uncertainty
+from edgecloud.routing.prompts import completion_request
 
 
 def calibration_texts(max_files: int = 8, max_chars: int = 3000) -> list[str]:

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecloud.coordinator.prompts import CLOSING_FENCE, completion_request
+from edgecloud.routing.prompts import CLOSING_FENCE, completion_request
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from edgecloud.coordinator.features import TokenFeatures
+from edgecloud.routing.features import TokenFeatures
 
 SCALAR_FEATURES = ("entropy", "max_prob", "margin", "log_position")
 KNOWN_FEATURES = ("hidden", *SCALAR_FEATURES)

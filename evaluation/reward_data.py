@@ -30,12 +30,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from edgecloud.coordinator.calibration import code_tasks, mixed_order, teacher_forced_pass
-from edgecloud.coordinator.prompts import ends_answer
 from edgecloud.corpus import SPLITS, Split, stdlib_files, stdlib_relative
 from edgecloud.models.generate import generate_ids
 from edgecloud.models.llama import LlamaModel
 from edgecloud.models.tokenizer import Tokenizer
+from edgecloud.routing.calibration import code_tasks, mixed_order, teacher_forced_pass
+from edgecloud.routing.prompts import ends_answer
 
 SOURCES = ("teacher-forced", "generated")
 MANIFEST = "manifest.json"

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from edgecloud.coordinator.reward import KNOWN_FEATURES, SCALAR_FEATURES, RewardHead, RewardHeadError
-from edgecloud.coordinator.reward_data import SOURCES, RewardDataError, read_shard
 from edgecloud.corpus import Split
+from edgecloud.evaluation.reward_data import SOURCES, RewardDataError, read_shard
+from edgecloud.routing.reward import KNOWN_FEATURES, SCALAR_FEATURES, RewardHead, RewardHeadError
 
 EVAL_BATCH = 16_384
 
