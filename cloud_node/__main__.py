@@ -18,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator", help="coordinator address to register with")
     p.add_argument("--max-sessions", type=int, default=64)
     p.add_argument("--max-kv-mib", type=int, default=4096)
-    p.add_argument("--max-window-tokens", type=int, default=4096)
+    p.add_argument("--max-window-tokens", type=int, default=4096, help="context + draft tokens in one call")
+    p.add_argument("--max-tokens-per-session", type=int, default=32768)
+    p.add_argument("--session-idle-ttl-s", type=float, default=600.0, help="drop sessions unused this long")
     add_common_args(p)
     return p
 
@@ -29,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     config = CloudConfig(model=args.model, listen=args.listen, advertise=args.advertise, node_id=args.node_id,
                          dtype=args.dtype, coordinator=args.coordinator, max_sessions=args.max_sessions,
                          max_kv_mib=args.max_kv_mib, max_window_tokens=args.max_window_tokens,
+                         max_tokens_per_session=args.max_tokens_per_session,
+                         session_idle_ttl_s=args.session_idle_ttl_s,
                          security=security_from_args(args))
     from edgecloud.cloud_node.node import serve
 

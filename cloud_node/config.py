@@ -18,6 +18,7 @@ class CloudConfig:
     max_kv_mib: int = 4096
     max_tokens_per_session: int = 32768
     max_window_tokens: int = 4096
+    session_idle_ttl_s: float = 600.0
     coordinator: str | None = None  # register and heartbeat there when given
     heartbeat_interval_s: float = 5.0
     security: SecurityConfig = field(default_factory=SecurityConfig)

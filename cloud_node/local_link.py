@@ -23,8 +23,11 @@ class InProcessCloudLink:
 
     async def verify(self, context: list[int], draft: list[int]) -> LinkVerdict:
         if self.session_id is None:
-            self.session_id = self.store.open(temperature=self.temperature, seed=self.seed)
-        verdict = await asyncio.to_thread(self.store.verify, self.session_id, context, draft)
+            verdict = await asyncio.to_thread(self.store.start, context, draft, temperature=self.temperature,
+                                              seed=self.seed)
+            self.session_id = verdict.session_id
+        else:
+            verdict = await asyncio.to_thread(self.store.verify, self.session_id, context, draft)
         return LinkVerdict(verdict.accepted, verdict.next_token, cloud_compute_s=verdict.compute_s)
 
     def prefetch(self, unseen: list[int]) -> None:

@@ -22,7 +22,8 @@ async def serve(config: CloudConfig) -> None:
     model = load_model(folder, dtype=parse_dtype(config.dtype))
     limits = SessionLimits(max_sessions=config.max_sessions, max_kv_bytes=config.max_kv_mib * 2**20,
                            max_tokens_per_session=config.max_tokens_per_session,
-                           max_window_tokens=config.max_window_tokens)
+                           max_window_tokens=config.max_window_tokens,
+                           idle_ttl_s=config.session_idle_ttl_s)
     store = SessionStore(model, limits)
     model_name = model_display_name(config.model)
     server = rpc.create_server(config.security)

@@ -9,11 +9,12 @@ import time
 import grpc
 
 from edgecloud import __version__
-from edgecloud.cloud_node.sessions import SessionExists, SessionInputError, SessionNotFound, SessionStore
+from edgecloud.cloud_node.sessions import SessionInputError, SessionStore
+from edgecloud.errors import DomainError, clip, status_for
 from edgecloud.v1 import cloud_node_pb2 as pb
 from edgecloud.v1 import cloud_node_pb2_grpc as pb_grpc
 from edgecloud.v1 import common_pb2
-from edgecloud.wire import WireError, token_ids
+from edgecloud.wire import token_ids
 
 log = logging.getLogger(__name__)
 
@@ -34,34 +35,28 @@ class CloudNodeServicer(pb_grpc.CloudNodeServicer):
     async def _check_model(self, model: str, context: grpc.aio.ServicerContext) -> None:
         if model and model != self.model_name:
             await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"model {model!r} is not served here; this node serves {self.model_name!r}")
+                                f"model {clip(model)} is not served here; this node serves {self.model_name!r}")
 
-    async def _open(self, options: pb.AcceptanceOptions, session_id: str, context) -> str:
+    @staticmethod
+    def _sampling(options: pb.AcceptanceOptions) -> dict:
+        """Session options from the wire (``SessionInputError`` for a rule this node does not run)."""
         if options.rule not in (pb.ACCEPTANCE_RULE_UNSPECIFIED, pb.ACCEPTANCE_RULE_EXACT_MATCH):
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                                f"acceptance rule {pb.AcceptanceRule.Name(options.rule)} is not implemented")
-        try:
-            return self.store.open(temperature=options.temperature,
-                                   seed=options.seed if options.HasField("seed") else None,
-                                   session_id=session_id or None)
-        except SessionExists as exc:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
-        except DOMAIN_ERRORS as exc:
-            await context.abort(*status_for(exc))
-        raise AssertionError("unreachable")
+            known = options.rule in pb.AcceptanceRule.values()
+            name = pb.AcceptanceRule.Name(options.rule) if known else f"#{options.rule} (unknown)"
+            raise SessionInputError(f"acceptance rule {name} is not served; this node runs EXACT_MATCH")
+        return {"temperature": options.temperature, "seed": options.seed if options.HasField("seed") else None}
 
     async def OpenSession(self, request: pb.OpenSessionRequest, context) -> pb.OpenSessionResponse:
         await self._check_model(request.model, context)
         try:
             prompt = self._tokens(request.prompt_token_ids)
-        except DOMAIN_ERRORS as exc:
-            await context.abort(*status_for(exc))
-        sid = await self._open(request.acceptance, request.session_id, context)
-        try:
-            compute_s = 0.0
+            options = {**self._sampling(request.acceptance), "session_id": request.session_id or None}
             if prompt:
-                compute_s = (await asyncio.to_thread(self.store.verify, sid, prompt, [])).compute_s
-        except DOMAIN_ERRORS as exc:
+                verdict = await asyncio.to_thread(self.store.start, prompt, [], **options)
+                sid, compute_s = verdict.session_id, verdict.compute_s
+            else:
+                sid, compute_s = self.store.open(**options), 0.0
+        except DomainError as exc:
             await context.abort(*status_for(exc))
         limits = self.store.limits
         return pb.OpenSessionResponse(session_id=sid, session_tokens=len(prompt), compute_s=compute_s,
@@ -72,7 +67,7 @@ class CloudNodeServicer(pb_grpc.CloudNodeServicer):
     async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
         try:
             self.store.close(request.session_id)
-        except DOMAIN_ERRORS as exc:
+        except DomainError as exc:
             await context.abort(*status_for(exc))
         return pb.CloseSessionResponse()
 
@@ -80,7 +75,7 @@ class CloudNodeServicer(pb_grpc.CloudNodeServicer):
         try:
             tokens = self._tokens(request.token_ids)
             verdict = await asyncio.to_thread(self.store.verify, request.session_id, tokens, [])
-        except DOMAIN_ERRORS as exc:
+        except DomainError as exc:
             await context.abort(*status_for(exc))
         return pb.ExtendResponse(session_tokens=verdict.session_tokens, compute_s=verdict.compute_s)
 
@@ -90,20 +85,20 @@ class CloudNodeServicer(pb_grpc.CloudNodeServicer):
             draft = self._tokens(request.draft_token_ids)
             if not 0 <= request.want_top_k <= 64:
                 raise SessionInputError(f"want_top_k must be in [0, 64], got {request.want_top_k}")
-        except DOMAIN_ERRORS as exc:
-            await context.abort(*status_for(exc))
-        sid = request.session_id
-        if not sid and request.HasField("open_with"):
-            sid = await self._open(request.open_with, "", context)
-        try:
-            verdict = await asyncio.to_thread(self.store.verify, sid, ctx, draft, top_k=request.want_top_k)
-        except DOMAIN_ERRORS as exc:
+            if not request.session_id and request.HasField("open_with"):
+                options = self._sampling(request.open_with)
+                verdict = await asyncio.to_thread(self.store.start, ctx, draft, top_k=request.want_top_k,
+                                                  **options)
+            else:
+                verdict = await asyncio.to_thread(self.store.verify, request.session_id, ctx, draft,
+                                                  top_k=request.want_top_k)
+        except DomainError as exc:
             await context.abort(*status_for(exc))
         return pb.VerifyResponse(
             llm_token_ids=verdict.llm_tokens, accepted=verdict.accepted, next_token_id=verdict.next_token,
             top_logprobs=[pb.TopLogprobs(token_ids=[t for t, _ in row], logprobs=[lp for _, lp in row])
                           for row in verdict.top_logprobs],
-            compute_s=verdict.compute_s, session_tokens=verdict.session_tokens, session_id=sid)
+            compute_s=verdict.compute_s, session_tokens=verdict.session_tokens, session_id=verdict.session_id)
 
     async def RunTail(self, request: pb.RunTailRequest, context) -> pb.RunTailResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "split computing is not served by this node yet")
@@ -119,15 +114,3 @@ class CloudNodeServicer(pb_grpc.CloudNodeServicer):
             max_message_bytes=self.max_message_bytes, capabilities=[common_pb2.CAPABILITY_VERIFY],
             uptime_s=time.monotonic() - self.started, version=__version__)
 
-
-DOMAIN_ERRORS = (SessionNotFound, SessionInputError, WireError)
-
-
-def status_for(exc: Exception) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status a domain error is answered with (the server keeps serving)."""
-    log.info("rejected: %s", exc)
-    if isinstance(exc, SessionNotFound):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, SessionInputError) and "limit" in str(exc):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    return grpc.StatusCode.INVALID_ARGUMENT, str(exc)

@@ -11,6 +11,7 @@ Sessions live in an LRU under a count and a KV-memory limit; a session that is g
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -19,23 +20,30 @@ from dataclasses import dataclass, field
 
 import torch
 
+from edgecloud.errors import AlreadyExists, InvalidInput, LimitExceeded, NotFound, clip
 from edgecloud.models.generate import SamplingParams, select_token
 from edgecloud.models.kv_cache import KVCache
 from edgecloud.models.llama import LlamaModel
 
+SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
-class SessionNotFound(KeyError):
-    """The session id is unknown: never opened, closed, or evicted."""
+
+class SessionNotFound(NotFound):
+    """The session id is unknown: never opened, closed, evicted or expired."""
 
     def __str__(self) -> str:
-        return f"session {self.args[0]!r} not found (closed or evicted); reopen it and replay its tokens"
+        return f"session {clip(self.args[0])} not found (closed, evicted or expired); reopen it and replay its tokens"
 
 
-class SessionInputError(ValueError):
-    """A request that cannot be run (empty window, token ids out of range, too long)."""
+class SessionInputError(InvalidInput):
+    """A request that cannot be run (empty window, token ids out of range, bad sampling options)."""
 
 
-class SessionExists(SessionInputError):
+class SessionLimitError(SessionInputError, LimitExceeded):
+    """A request over a configured limit (window, session length)."""
+
+
+class SessionExists(AlreadyExists):
     """A client-chosen session id that is already taken."""
 
 
@@ -45,6 +53,15 @@ class SessionLimits:
     max_kv_bytes: int = 4 * 2**30
     max_tokens_per_session: int = 32768
     max_window_tokens: int = 4096  # context + draft in one call
+    idle_ttl_s: float = 600.0  # a session unused this long is dropped
+
+
+def sampling_params(temperature: float, seed: int | None) -> SamplingParams:
+    """Validated sampling options of a new session (``SessionInputError`` says what is wrong)."""
+    try:
+        return SamplingParams(temperature=temperature, seed=seed)
+    except ValueError as exc:
+        raise SessionInputError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,7 @@ class Verdict:
     top_logprobs: list[list[tuple[int, float]]]  # per position, when asked
     compute_s: float
     session_tokens: int  # tokens in the session's cache afterwards
+    session_id: str = ""
 
 
 @dataclass
@@ -75,7 +93,12 @@ class CloudSession:
 
 
 class SessionStore:
-    """All sessions of one cloud model. Thread-safe; forward passes run one at a time."""
+    """All sessions of one cloud model. Thread-safe; forward passes run one at a time.
+
+    A session enters the table only once its first forward has run (``start``), so a call that
+    fails validation leaves nothing behind and a new session cannot be evicted before its
+    creator sees it.
+    """
 
     def __init__(self, model: LlamaModel, limits: SessionLimits = SessionLimits()) -> None:
         self.model = model
@@ -84,27 +107,61 @@ class SessionStore:
         self._lock = threading.Lock()  # guards the session table
         self._model_lock = threading.Lock()  # one forward pass at a time
         self.evictions = 0
+        self.expirations = 0
         self.verify_calls = 0
 
     def open(self, *, temperature: float = 0.0, seed: int | None = None, session_id: str | None = None) -> str:
         """Create an empty session (tokens arrive with the first ``verify``); returns its id."""
-        sampling = SamplingParams(temperature=temperature, seed=seed)
-        sid = session_id or uuid.uuid4().hex
-        session = CloudSession(sid, self.model.new_cache(), sampling, sampling.generator())
+        session = self._new_session(temperature, seed, session_id)
+        self._insert(session)
+        return session.id
+
+    def start(self, context: list[int], draft: list[int] = (), *, temperature: float = 0.0,
+              seed: int | None = None, session_id: str | None = None, top_k: int = 0) -> Verdict:
+        """Open a session and verify its first window in one step (the session id is in the verdict)."""
+        session = self._new_session(temperature, seed, session_id)
+        draft = list(draft)
+        self._check_tokens(session, context, draft)
+        with session.lock:
+            verdict = self._run(session, context, draft, top_k)
+            self._insert(session)
+        return verdict
+
+    def verify(self, session_id: str, context: list[int], draft: list[int], *, top_k: int = 0) -> Verdict:
+        """Append ``context``, check ``draft`` in one forward pass, keep the accepted part."""
+        session = self._get(session_id)
+        self._check_tokens(session, context, draft)
+        with session.lock:
+            verdict = self._run(session, context, draft, top_k)
         with self._lock:
-            if sid in self._sessions:
-                raise SessionExists(f"session {sid!r} already exists")
-            self._sessions[sid] = session
-            self._evict(keep=sid)
-        return sid
+            self._evict(keep=session_id)
+        return verdict
 
     def close(self, session_id: str) -> None:
         with self._lock:
             if self._sessions.pop(session_id, None) is None:
                 raise SessionNotFound(session_id)
 
+    def _new_session(self, temperature: float, seed: int | None, session_id: str | None) -> CloudSession:
+        if session_id is not None and not SESSION_ID.fullmatch(session_id):
+            raise SessionInputError(f"session id {clip(session_id)} must be 1-128 characters of [A-Za-z0-9_.:-]")
+        sampling = sampling_params(temperature, seed)
+        sid = session_id or uuid.uuid4().hex
+        with self._lock:
+            if sid in self._sessions:
+                raise SessionExists(f"session {clip(sid)} already exists")
+        return CloudSession(sid, self.model.new_cache(), sampling, sampling.generator())
+
+    def _insert(self, session: CloudSession) -> None:
+        with self._lock:
+            if session.id in self._sessions:
+                raise SessionExists(f"session {clip(session.id)} already exists")
+            self._sessions[session.id] = session
+            self._evict(keep=session.id)
+
     def _get(self, session_id: str) -> CloudSession:
         with self._lock:
+            self._expire()
             session = self._sessions.get(session_id)
             if session is None:
                 raise SessionNotFound(session_id)
@@ -112,30 +169,37 @@ class SessionStore:
             session.last_used = time.monotonic()
             return session
 
-    def verify(self, session_id: str, context: list[int], draft: list[int], *, top_k: int = 0) -> Verdict:
-        """Append ``context``, check ``draft`` in one forward pass, keep the accepted part."""
-        session = self._get(session_id)
-        self._check_tokens(session, context, draft)
-        with session.lock:
-            started = time.perf_counter()
-            base = session.num_tokens
-            window = context + draft
-            with self._model_lock, torch.inference_mode():
-                logits = self.model(torch.tensor([window], device=self.model.device), session.cache)[0]  # (T, V)
-            # Row i predicts the token after window[i]; draft[j] is predicted by row len(context)-1+j.
-            rows = logits[len(context) - 1:] if context else torch.cat([session.last_logits[None], logits])
+    def _run(self, session: CloudSession, context: list[int], draft: list[int], top_k: int) -> Verdict:
+        """One forward over context + draft; the caller holds ``session.lock``."""
+        started = time.perf_counter()
+        base = session.num_tokens
+        window = context + draft
+        # Row i of the window's logits predicts the token after window[i]. draft[j] is predicted by
+        # row len(context)-1+j, so only the last len(draft)+1 rows are needed (len(draft) without context,
+        # where the session's saved logits predict draft[0]).
+        needed = len(draft) + 1 if context else len(draft)
+        with self._model_lock, torch.inference_mode():
+            ids = torch.tensor([window], device=self.model.device)
+            logits = self.model(ids, session.cache, last_n=needed)[0] if needed else None  # (needed, V)
+        rows = logits if context else torch.cat([session.last_logits[None], *([logits] if needed else [])])
+        if session.sampling.temperature == 0:
+            llm = rows.argmax(-1)  # (len(draft) + 1,)
+            matches = llm[:len(draft)] == torch.tensor(draft, dtype=llm.dtype, device=llm.device)
+            accepted = int(matches.int().cumprod(0).sum()) if draft else 0
+            llm_tokens = llm.tolist()
+        else:  # seeded sampling consumes the generator row by row
             llm_tokens = [select_token(row, session.sampling, session.generator) for row in rows]
             accepted = 0
             while accepted < len(draft) and draft[accepted] == llm_tokens[accepted]:
                 accepted += 1
-            session.cache.crop(base + len(context) + accepted)
-            session.last_logits = rows[accepted].clone()
-            top = _top_logprobs(rows, top_k) if top_k else []
-            compute_s = time.perf_counter() - started
+        session.cache.crop(base + len(context) + accepted)
+        session.last_logits = rows[accepted].clone()
+        session.last_used = time.monotonic()
+        top = _top_logprobs(rows, top_k) if top_k else []
         with self._lock:
             self.verify_calls += 1
-            self._evict(keep=session_id)
-        return Verdict(llm_tokens, accepted, llm_tokens[accepted], top, compute_s, session.num_tokens)
+        return Verdict(llm_tokens, accepted, llm_tokens[accepted], top, time.perf_counter() - started,
+                       session.num_tokens, session.id)
 
     def _check_tokens(self, session: CloudSession, context: list[int], draft: list[int]) -> None:
         if not context and not draft:
@@ -144,9 +208,9 @@ class SessionStore:
             raise SessionInputError("the first call of a session needs context tokens (the prompt)")
         window = len(context) + len(draft)
         if window > self.limits.max_window_tokens:
-            raise SessionInputError(f"{window} tokens in one call exceed the limit {self.limits.max_window_tokens}")
+            raise SessionLimitError(f"{window} tokens in one call exceed the limit {self.limits.max_window_tokens}")
         if session.num_tokens + window > self.limits.max_tokens_per_session:
-            raise SessionInputError(
+            raise SessionLimitError(
                 f"session would hold {session.num_tokens + window} tokens; the limit is "
                 f"{self.limits.max_tokens_per_session}")
         vocab = self.model.config.vocab_size
@@ -154,8 +218,18 @@ class SessionStore:
         if bad:
             raise SessionInputError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
 
+    def _expire(self) -> None:
+        """Drop sessions idle for longer than the TTL (caller holds the table lock)."""
+        cutoff = time.monotonic() - self.limits.idle_ttl_s
+        for sid in [sid for sid, s in self._sessions.items() if s.last_used < cutoff and not s.lock.locked()]:
+            del self._sessions[sid]
+            self.expirations += 1
+
     def _evict(self, keep: str) -> None:
-        """Drop least-recently-used sessions over the count or KV-memory limit (never ``keep``)."""
+        """Drop expired sessions, then least-recently-used ones over the count or KV-memory limit (never
+        ``keep`` or one in use)."""
+        self._expire()
+
         def over() -> bool:
             kv = sum(s.cache.nbytes for s in self._sessions.values())
             return len(self._sessions) > self.limits.max_sessions or kv > self.limits.max_kv_bytes
@@ -169,10 +243,12 @@ class SessionStore:
 
     def status(self) -> dict[str, int]:
         with self._lock:
+            self._expire()
             return {"sessions": len(self._sessions),
                     "kv_bytes": sum(s.cache.nbytes for s in self._sessions.values()),
                     "max_sessions": self.limits.max_sessions, "max_kv_bytes": self.limits.max_kv_bytes,
-                    "evictions": self.evictions, "verify_calls": self.verify_calls}
+                    "evictions": self.evictions, "expirations": self.expirations,
+                    "verify_calls": self.verify_calls}
 
 
 def _top_logprobs(rows: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:

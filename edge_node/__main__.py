@@ -18,7 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--coordinator", help="coordinator address to register with")
     p.add_argument("--cloud", help="cloud node address for requests that name none")
-    p.add_argument("--max-tokens-limit", type=int, default=4096)
+    p.add_argument("--max-tokens-limit", type=int, default=4096, help="new tokens per request")
+    p.add_argument("--max-prompt-tokens", type=int, default=8192, help="longer prompts are refused")
+    p.add_argument("--max-active-requests", type=int, default=16,
+                   help="requests in progress at once; more are refused with RESOURCE_EXHAUSTED")
+    p.add_argument("--allow-cloud", action="append", default=[], metavar="HOST:PORT",
+                   help="a cloud node requests may name (repeatable; --cloud and clouds registered with the "
+                        "coordinator are always allowed)")
     p.add_argument("--cloud-timeout-s", type=float, default=60.0, help="deadline of one verification round trip")
     p.add_argument("--cloud-prefetch", action="store_true",
                    help="by default, push context to the cloud in the background while drafting")
@@ -32,7 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.log_level)
     config = EdgeConfig(model=args.model, listen=args.listen, advertise=args.advertise, node_id=args.node_id,
                         dtype=args.dtype, cloud=args.cloud, coordinator=args.coordinator,
-                        max_tokens_limit=args.max_tokens_limit, cloud_timeout_s=args.cloud_timeout_s,
+                        max_tokens_limit=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
+                        max_active_requests=args.max_active_requests, allowed_clouds=tuple(args.allow_cloud),
+                        cloud_timeout_s=args.cloud_timeout_s,
                         reward_head=args.reward_head, cloud_prefetch=args.cloud_prefetch, security=security_from_args(args))
     from edgecloud.edge_node.node import serve
 

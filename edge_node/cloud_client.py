@@ -6,22 +6,37 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
 import grpc
 
+from edgecloud.errors import DomainError, clip
 from edgecloud.routing.router import LinkVerdict
 from edgecloud.v1 import cloud_node_pb2 as pb
 from edgecloud.v1 import cloud_node_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+# The cloud's answer that the edge passes on as it is (the request itself is at fault); anything else
+# means the cloud cannot serve this request now.
+PASSED_ON = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
-class CloudUnavailable(RuntimeError):
-    """The cloud node could not verify (unreachable, deadline exceeded, or refused)."""
 
-    def __init__(self, message: str, code: grpc.StatusCode) -> None:
+class CloudUnavailable(DomainError):
+    """The cloud node could not verify; ``code`` is what the edge answers its caller with."""
+
+    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
         super().__init__(message)
         self.code = code
+
+    @classmethod
+    def from_rpc(cls, exc: grpc.aio.AioRpcError) -> CloudUnavailable:
+        code = exc.code() if exc.code() in PASSED_ON else grpc.StatusCode.UNAVAILABLE
+        return cls(f"cloud node: {exc.code().name}: {clip(exc.details(), 300)}", code)
+
+
+class _SessionGone(Exception):
+    """The cloud no longer has this request's session (evicted or expired): replay it."""
 
 
 class GrpcCloudLink:
@@ -29,7 +44,9 @@ class GrpcCloudLink:
 
     The session is opened by the first ``Verify`` itself (``open_with``), so a request that
     never needs the cloud costs nothing and one that does pays no extra round trip. If the
-    cloud evicted the session, it is reopened and every token the cloud had is replayed.
+    cloud dropped the session, a new one is opened with every token the cloud had replayed.
+    ``cloud_tokens`` is the edge's record of the cloud session; after every verification it is
+    checked against the length the cloud reports.
     """
 
     def __init__(self, stub: pb_grpc.CloudNodeStub, *, temperature: float = 0.0, seed: int | None = None,
@@ -40,11 +57,11 @@ class GrpcCloudLink:
         self.timeout_s = timeout_s
         self.prefetch_batch_tokens = prefetch_batch_tokens
         self.session_id = ""
-        self._cloud_tokens: list[int] = []  # what the cloud's session holds, for a replay
+        self.cloud_tokens: list[int] = []  # what the cloud's session holds, for a replay
         self.replays = 0
         self._pushed = 0  # leading tokens of the router's unseen list already pushed in the background
         self._push: asyncio.Task | None = None
-        self._background = {"calls": 0, "bytes_up": 0, "bytes_down": 0}
+        self._background = _Background()
 
     def prefetch(self, unseen: list[int]) -> None:
         """Push unseen context in the background (OpenSession with it, then Extend), a batch at a time."""
@@ -64,10 +81,9 @@ class GrpcCloudLink:
         else:
             request = pb.ExtendRequest(session_id=self.session_id, token_ids=tokens)
             reply = await self.stub.Extend(request, timeout=self.timeout_s)
-        self._cloud_tokens += tokens
-        self._background["calls"] += 1
-        self._background["bytes_up"] += request.ByteSize()
-        self._background["bytes_down"] += reply.ByteSize()
+        self.cloud_tokens += tokens
+        self._check_length(reply.session_tokens)
+        self._background.add(request.ByteSize(), reply.ByteSize(), reply.compute_s)
 
     async def _settle_push(self, context: list[int]) -> list[int]:
         """Wait for a background push; return the part of ``context`` the cloud still lacks."""
@@ -77,39 +93,44 @@ class GrpcCloudLink:
         push, self._push = self._push, None
         try:
             await push
-        except (grpc.aio.AioRpcError, OSError) as exc:
+        except (grpc.aio.AioRpcError, DomainError, OSError) as exc:
             log.warning("background context push failed (%s); replaying into a new session", exc)
-            replay, self._cloud_tokens, self.session_id = self._cloud_tokens + context, [], ""
+            replay, self.cloud_tokens, self.session_id = self.cloud_tokens + context, [], ""
             self.replays += 1
             return replay
         return context[pushed:]
 
     async def verify(self, context: list[int], draft: list[int]) -> LinkVerdict:
         context = await self._settle_push(context)
-        request = self._request(context, draft)
         started = time.perf_counter()
+        request = self._request(context, draft)
+        bytes_up = request.ByteSize()
         try:
             reply = await self._call(request)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND or not self.session_id:
-                raise CloudUnavailable(f"cloud verification failed: {exc.code().name}: {exc.details()}",
-                                       exc.code()) from exc
-            log.warning("cloud session %s is gone (%s); replaying %d tokens", self.session_id, exc.details(),
-                        len(self._cloud_tokens))
+        except _SessionGone:
+            context = self.cloud_tokens + context  # the whole session, not just what is new
+            log.warning("cloud session %s is gone; replaying %d tokens", self.session_id, len(context))
             self.replays += 1
-            self.session_id = ""
-            request = self._request(self._cloud_tokens + context, draft)
+            self.session_id, self.cloud_tokens = "", []
+            request = self._request(context, draft)
+            bytes_up += request.ByteSize()
             reply = await self._call(request)
-            self._cloud_tokens = []
         rtt = time.perf_counter() - started
         self.session_id = reply.session_id
-        self._cloud_tokens += [*context, *draft[:reply.accepted]]
-        background, self._background = self._background, {"calls": 0, "bytes_up": 0, "bytes_down": 0}
-        return LinkVerdict(accepted=reply.accepted, next_token=reply.next_token_id, cloud_compute_s=reply.compute_s,
+        self.cloud_tokens += [*context, *draft[:reply.accepted]]
+        self._check_length(reply.session_tokens)
+        background, self._background = self._background, _Background()
+        return LinkVerdict(accepted=reply.accepted, next_token=reply.next_token_id,
+                           cloud_compute_s=reply.compute_s + background.compute_s,
                            network_s=max(0.0, rtt - reply.compute_s),
-                           bytes_up=request.ByteSize() + background["bytes_up"],
-                           bytes_down=reply.ByteSize() + background["bytes_down"],
-                           background_calls=background["calls"])
+                           bytes_up=bytes_up + background.bytes_up,
+                           bytes_down=reply.ByteSize() + background.bytes_down,
+                           background_calls=background.calls)
+
+    def _check_length(self, session_tokens: int) -> None:
+        if session_tokens != len(self.cloud_tokens):
+            raise CloudUnavailable(f"cloud session {self.session_id} holds {session_tokens} tokens but the edge "
+                                   f"sent {len(self.cloud_tokens)}", grpc.StatusCode.INTERNAL)
 
     def _request(self, context: list[int], draft: list[int]) -> pb.VerifyRequest:
         request = pb.VerifyRequest(session_id=self.session_id, context_token_ids=context, draft_token_ids=draft)
@@ -120,19 +141,37 @@ class GrpcCloudLink:
     async def _call(self, request: pb.VerifyRequest) -> pb.VerifyResponse:
         try:
             return await self.stub.Verify(request, timeout=self.timeout_s)
-        except grpc.aio.AioRpcError:
-            raise
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND and request.session_id:
+                raise _SessionGone from exc
+            raise CloudUnavailable.from_rpc(exc) from exc
         except Exception as exc:  # e.g. a closed channel
-            raise CloudUnavailable(f"cloud verification failed: {exc}", grpc.StatusCode.UNAVAILABLE) from exc
+            raise CloudUnavailable(f"cloud verification failed: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
-        """Close the cloud session (best effort: the cloud evicts idle sessions anyway)."""
+        """Close the cloud session (best effort: the cloud expires idle sessions anyway)."""
         if self._push is not None:
             self._push.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, DomainError):
                 await self._push
             self._push = None
         if self.session_id:
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await self.stub.CloseSession(pb.CloseSessionRequest(session_id=self.session_id), timeout=5.0)
             self.session_id = ""
+
+
+@dataclass
+class _Background:
+    """Context pushes overlapped with drafting since the last verdict."""
+
+    calls: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    compute_s: float = 0.0
+
+    def add(self, bytes_up: int, bytes_down: int, compute_s: float) -> None:
+        self.calls += 1
+        self.bytes_up += bytes_up
+        self.bytes_down += bytes_down
+        self.compute_s += compute_s

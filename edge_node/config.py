@@ -17,7 +17,10 @@ class EdgeConfig:
     cloud: str | None = None  # default cloud node when a request names none
     coordinator: str | None = None
     heartbeat_interval_s: float = 5.0
-    max_tokens_limit: int = 4096
+    max_tokens_limit: int = 4096  # new tokens per request
+    max_prompt_tokens: int = 8192
+    max_active_requests: int = 16  # more are refused with RESOURCE_EXHAUSTED
+    allowed_clouds: tuple[str, ...] = ()  # cloud addresses requests may name, besides --cloud and registered ones
     cloud_timeout_s: float = 60.0  # deadline of one verification round trip
     cloud_prefetch: bool = False  # default for requests that do not say
     reward_head: str | None = None  # safetensors file of a trained reward head

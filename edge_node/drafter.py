@@ -16,7 +16,7 @@ class Drafter:
     """Holds the SLM's KV cache for one request and the logits for the next position."""
 
     def __init__(self, model: LlamaModel, prompt_ids: list[int], *, sampling: SamplingParams = SamplingParams(),
-                 with_hidden: bool = False, capacity: int = 1024) -> None:
+                 with_hidden: bool = False, capacity: int = 1024, prefill: bool = True) -> None:
         if not prompt_ids:
             raise ValueError("prompt is empty")
         self.model = model
@@ -28,7 +28,17 @@ class Drafter:
         self.compute_s = 0.0
         self._logits: torch.Tensor  # (V,) for the position after the cache's end
         self._hidden: torch.Tensor | None = None
-        self._advance(prompt_ids)
+        self._pending = list(prompt_ids)  # prompt tokens not yet in the cache
+        if prefill:
+            self.prefill()
+
+    def prefill(self, max_tokens: int | None = None) -> bool:
+        """Run the next ``max_tokens`` (default: all) prompt tokens not yet cached; True once all are."""
+        count = len(self._pending) if max_tokens is None else max_tokens
+        chunk, self._pending = self._pending[:count], self._pending[count:]
+        if chunk:
+            self._advance(chunk)
+        return not self._pending
 
     @property
     def num_tokens(self) -> int:
@@ -64,11 +74,16 @@ class Drafter:
 
 
 class ThreadedDrafter:
-    """A ``Drafter`` seen through the router's async interface: compute runs in a worker thread,
-    so the node's event loop keeps serving other calls meanwhile."""
+    """A ``Drafter`` seen through the router's async interface.
 
-    def __init__(self, drafter: Drafter) -> None:
+    Compute runs in a worker thread, so the node's event loop keeps serving other calls, and each
+    forward takes the device's ``gate`` on its own: requests interleave forward by forward (the
+    lock is FIFO), never held across a cloud round trip.
+    """
+
+    def __init__(self, drafter: Drafter, gate: asyncio.Lock | None = None) -> None:
         self._drafter = drafter
+        self._gate = gate or asyncio.Lock()
 
     @property
     def compute_s(self) -> float:
@@ -78,11 +93,20 @@ class ThreadedDrafter:
     def num_tokens(self) -> int:
         return self._drafter.num_tokens
 
+    async def _run(self, fn, *args):
+        async with self._gate:
+            return await asyncio.to_thread(fn, *args)
+
+    async def prefill(self, chunk_tokens: int) -> None:
+        """Cache the prompt, ``chunk_tokens`` per forward (so a long prompt does not stall others)."""
+        while not await self._run(self._drafter.prefill, chunk_tokens):
+            pass
+
     async def draft(self) -> tuple[int, TokenFeatures]:
-        return await asyncio.to_thread(self._drafter.draft)
+        return await self._run(self._drafter.draft)
 
     async def feed(self, token: int) -> None:
-        await asyncio.to_thread(self._drafter.feed, token)
+        await self._run(self._drafter.feed, token)
 
     async def rollback(self, num_tokens: int, then_feed: list[int]) -> None:
-        await asyncio.to_thread(self._drafter.rollback, num_tokens, then_feed)
+        await self._run(self._drafter.rollback, num_tokens, then_feed)

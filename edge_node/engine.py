@@ -9,12 +9,17 @@ node was given (gRPC in the daemon, in-process in tests and the evaluation engin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
 
 from edgecloud.edge_node.drafter import Drafter, ThreadedDrafter
+from edgecloud.errors import InvalidInput, LimitExceeded
 from edgecloud.models.generate import SamplingParams
 from edgecloud.models.llama import LlamaModel
 from edgecloud.models.tokenizer import Tokenizer
@@ -28,10 +33,27 @@ from edgecloud.routing.router import Accounting, CloudLink, HybridRouter, until_
 CALIBRATION_TASKS = 8
 CALIBRATION_TOKENS = 64
 CALIBRATION_VERSION = "gen-v1"  # bump when the calibration recipe changes
+MAX_CHARS_PER_TOKEN = 16  # a prompt longer than this many characters per allowed token is refused unread
 
 
-class RequestError(ValueError):
+class RequestError(InvalidInput):
     """A generation request that cannot be served as asked (bad policy, empty prompt, ...)."""
+
+
+class RequestTooLarge(RequestError, LimitExceeded):
+    """A request over a size limit of this node (prompt length)."""
+
+
+class EdgeBusy(LimitExceeded):
+    """Every request slot of this edge node is taken."""
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    max_tokens: int = 4096  # new tokens per request
+    max_prompt_tokens: int = 8192
+    max_active_requests: int = 16  # in progress at once (queued for the SLM included)
+    prefill_chunk_tokens: int = 256  # prompt tokens per SLM forward
 
 
 @dataclass(frozen=True)
@@ -65,44 +87,105 @@ CloudLinkFactory = Callable[[GenerationRequest], CloudLink]
 
 
 class EdgeEngine:
-    """The SLM with its tokenizer, serving requests one router per request."""
+    """The SLM with its tokenizer, serving requests one router per request.
+
+    Requests share the SLM forward by forward (``gate``); at most ``limits.max_active_requests``
+    are in progress, more are refused with ``EdgeBusy``.
+    """
 
     def __init__(self, model: LlamaModel, tokenizer: Tokenizer, *, max_tokens_limit: int = 4096,
-                 reward_head=None, model_name: str = "") -> None:
+                 limits: EngineLimits | None = None, reward_head=None, model_name: str = "") -> None:
         self.model = model
         self.model_name = model_name  # cache key of calibration features ("" = do not cache)
         self.tokenizer = tokenizer
-        self.max_tokens_limit = max_tokens_limit
+        self.limits = limits or EngineLimits(max_tokens=max_tokens_limit)
         self.reward_head = reward_head
         self._calibration: list[TokenFeatures] | None = None
-        self._model_lock = asyncio.Lock()  # one SLM forward at a time on this device
+        self._calibration_lock = threading.Lock()  # computed once, whoever asks first
+        self.gate = asyncio.Lock()  # one SLM forward at a time on this device
+        self.active_requests = 0
 
-    def validate(self, request: GenerationRequest) -> RoutingPolicy:
-        """Check a request and build its policy; ``RequestError`` says what is wrong."""
+    @property
+    def max_tokens_limit(self) -> int:
+        return self.limits.max_tokens
+
+    def check(self, request: GenerationRequest) -> None:
+        """Cheap checks of a request, before any tokenization or model work (``RequestError``)."""
+        limits = self.limits
         if not request.prompt.strip():
             raise RequestError("prompt is empty")
-        if not 0 < request.max_tokens <= self.max_tokens_limit:
-            raise RequestError(f"max_tokens must be in [1, {self.max_tokens_limit}], got {request.max_tokens}")
-        if request.temperature < 0:
-            raise RequestError(f"temperature must be >= 0, got {request.temperature}")
-        if request.target_cloud_share is not None and not 0 <= request.target_cloud_share <= 1:
-            raise RequestError(f"target_cloud_share must be in [0, 1], got {request.target_cloud_share}")
+        chars = len(request.prompt) + len(request.assistant_prefix)
+        if chars > limits.max_prompt_tokens * MAX_CHARS_PER_TOKEN:
+            raise RequestTooLarge(f"prompt of {chars} characters is over this node's limit of "
+                                  f"{limits.max_prompt_tokens} tokens")
+        if not 0 < request.max_tokens <= limits.max_tokens:
+            raise RequestError(f"max_tokens must be in [1, {limits.max_tokens}], got {request.max_tokens}")
+        try:
+            SamplingParams(temperature=request.temperature, seed=request.seed)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        share = request.target_cloud_share
+        if share is not None and not (math.isfinite(share) and 0 <= share <= 1):
+            raise RequestError(f"target_cloud_share must be in [0, 1], got {share}")
         if not 0 <= request.draft_window <= 64:
             raise RequestError(f"draft_window must be in [0, 64], got {request.draft_window}")
+        if len(request.stop) > 8 or any(len(stop) > 64 for stop in request.stop):
+            raise RequestError("at most 8 stop strings of at most 64 characters each")
+        self._policy(request, None)  # the policy name and threshold
+
+    def _policy(self, request: GenerationRequest, threshold: float | None) -> RoutingPolicy:
         options = {"reward_head": self.reward_head} if request.policy == "reward" else {}
         if request.policy == "speculative" and request.draft_window:
             options["window"] = request.draft_window
         try:
-            policy = make_policy(request.policy, request.threshold, seed=request.seed, **options)
-            if request.target_cloud_share is not None:
-                threshold = policy.calibrate(self.calibration_features(policy.needs_hidden),
-                                             request.target_cloud_share)
-                policy = make_policy(request.policy, threshold, seed=request.seed, **options)
+            policy = make_policy(request.policy, threshold if threshold is not None else request.threshold,
+                                 seed=request.seed, **options)
         except PolicyError as exc:
             raise RequestError(str(exc)) from exc
         if request.draft_window and request.policy != "speculative":
             policy.max_window = request.draft_window
         return policy
+
+    def policy_for(self, request: GenerationRequest) -> RoutingPolicy:
+        """The request's policy, its threshold calibrated to ``target_cloud_share`` if asked.
+
+        Calibration may run the SLM for a minute the first time: call this off the event loop.
+        """
+        policy = self._policy(request, None)
+        if request.target_cloud_share is None:
+            return policy
+        try:
+            threshold = policy.calibrate(self.calibration_features(policy.needs_hidden),
+                                         request.target_cloud_share)
+        except PolicyError as exc:
+            raise RequestError(str(exc)) from exc
+        return self._policy(request, threshold)
+
+    def validate(self, request: GenerationRequest) -> RoutingPolicy:
+        """``check`` then ``policy_for``: the request's policy, or ``RequestError`` saying what is wrong."""
+        self.check(request)
+        return self.policy_for(request)
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The request's prompt as token ids, within this node's limits (``RequestTooLarge``)."""
+        ids = self.tokenizer.prompt_ids(request.prompt, chat=request.chat,
+                                        assistant_prefix=request.assistant_prefix)
+        limit = min(self.limits.max_prompt_tokens, self.model.config.max_position_embeddings - request.max_tokens)
+        if len(ids) > limit:
+            raise RequestTooLarge(f"prompt is {len(ids)} tokens; this node takes at most {limit} "
+                                  f"with max_tokens={request.max_tokens}")
+        return ids
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one of the node's request slots (``EdgeBusy`` when all are taken)."""
+        if self.active_requests >= self.limits.max_active_requests:
+            raise EdgeBusy(f"edge node is serving {self.active_requests} requests, its limit; retry later")
+        self.active_requests += 1
+        try:
+            yield
+        finally:
+            self.active_requests -= 1
 
     def calibration_features(self, with_hidden: bool = False) -> list[TokenFeatures]:
         """The SLM's features while it writes answers to the calibration tasks.
@@ -110,10 +193,14 @@ class EdgeEngine:
         Computed once per model (about a minute on a small CPU) and cached under
         ``$EDGECLOUD_HOME/calibration/`` (scalar features only; hidden states are recomputed).
         """
+        with self._calibration_lock:
+            return self._calibration_features(with_hidden)
+
+    def _calibration_features(self, with_hidden: bool) -> list[TokenFeatures]:
         if self._calibration is not None and (self._calibration[0].hidden is not None or not with_hidden):
             return self._calibration
         cache = edgecloud_home() / "calibration" / f"{self.model_name}-{CALIBRATION_VERSION}.json"
-        if not with_hidden and cache.is_file():
+        if not with_hidden and self.model_name and cache.is_file():
             rows = json.loads(cache.read_text())
             self._calibration = [TokenFeatures(*row) for row in rows]
             return self._calibration
@@ -144,31 +231,33 @@ class EdgeEngine:
         return features
 
     async def generate(self, request: GenerationRequest, cloud: CloudLinkFactory, *,
-                       policy: RoutingPolicy | None = None) -> AsyncIterator[TextEvent | Accounting]:
+                       policy: RoutingPolicy | None = None, prompt_ids: list[int] | None = None,
+                       arrived_s: float | None = None) -> AsyncIterator[TextEvent | Accounting]:
         """Events for each new token, then the request's accounting.
 
-        ``policy``: the one ``validate`` built for this request (validated again if None).
+        ``policy`` and ``prompt_ids``: what ``policy_for`` and ``prompt_ids`` gave for this request
+        (computed here if None). ``arrived_s``: ``time.perf_counter()`` when the request arrived, where
+        the request's clocks start (default: now).
         """
+        arrived_s = time.perf_counter() if arrived_s is None else arrived_s
         policy = policy or self.validate(request)
-        prompt_ids = self.tokenizer.prompt_ids(request.prompt, chat=request.chat,
-                                               assistant_prefix=request.assistant_prefix)
+        prompt_ids = prompt_ids if prompt_ids is not None else self.prompt_ids(request)
         sampling = SamplingParams(temperature=request.temperature, seed=request.seed)
-        async with self._model_lock:
-            drafter = None
-            if policy.uses_edge_draft:
-                drafter = await asyncio.to_thread(Drafter, self.model, prompt_ids, sampling=sampling,
-                                                  with_hidden=policy.needs_hidden)
-            router = HybridRouter(policy, cloud(request), prompt_ids, drafter=drafter and ThreadedDrafter(drafter),
-                                  max_new_tokens=request.max_tokens, stop_ids=self.tokenizer.eos_token_ids,
-                                  prefetch=request.cloud_prefetch)
-            decoder = self.tokenizer.stream_decoder()
-            last = None
-            async with aclosing(until_stop(router, decoder, request.stop)) as stream:
-                async for event, piece in stream:
-                    last = event
-                    yield TextEvent(piece, event.token_id, event.source, event.checked)
-            if last is not None and (rest := decoder.flush()):
-                yield TextEvent(rest, NO_TOKEN, last.source, last.checked)
+        drafter = None
+        if policy.uses_edge_draft:
+            drafter = ThreadedDrafter(Drafter(self.model, prompt_ids, sampling=sampling,
+                                              with_hidden=policy.needs_hidden, prefill=False,
+                                              capacity=len(prompt_ids) + request.max_tokens), self.gate)
+            await drafter.prefill(self.limits.prefill_chunk_tokens)
+        router = HybridRouter(policy, cloud(request), prompt_ids, drafter=drafter,
+                              max_new_tokens=request.max_tokens, stop_ids=self.tokenizer.eos_token_ids,
+                              prefetch=request.cloud_prefetch, started_s=arrived_s)
+        decoder = self.tokenizer.stream_decoder()
+        last = None
+        async with aclosing(until_stop(router, decoder, request.stop)) as stream:
+            async for event, piece in stream:
+                last = event
+                yield TextEvent(piece, event.token_id, event.source, event.checked)
+        if last is not None and (rest := decoder.flush()):
+            yield TextEvent(rest, NO_TOKEN, last.source, last.checked)
         yield router.accounting
-
-

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import OrderedDict
 
 import grpc
 
@@ -10,7 +12,7 @@ from edgecloud import rpc
 from edgecloud.daemon import NodeIdentity, serve_node
 from edgecloud.edge_node.cloud_client import GrpcCloudLink
 from edgecloud.edge_node.config import EdgeConfig
-from edgecloud.edge_node.engine import EdgeEngine, GenerationRequest
+from edgecloud.edge_node.engine import EdgeEngine, EngineLimits, GenerationRequest
 from edgecloud.edge_node.service import EdgeNodeServicer
 from edgecloud.models.dtypes import parse_dtype
 from edgecloud.models.loader import load_model, model_display_name, resolve_source
@@ -21,17 +23,30 @@ from edgecloud.v1 import cloud_node_pb2_grpc, common_pb2, edge_node_pb2_grpc
 log = logging.getLogger(__name__)
 
 
-class CloudChannels:
-    """One gRPC channel per cloud address, shared by all requests to it."""
+MAX_MESSAGE_BYTES = 4 * 2**20  # requests carry text, not tensors
+MAX_CLOUD_CHANNELS = 8
 
-    def __init__(self, security: rpc.SecurityConfig, timeout_s: float) -> None:
+
+class CloudChannels:
+    """gRPC channels to cloud nodes, one per address, shared by all requests to it (the least
+    recently used is closed beyond ``max_channels``)."""
+
+    def __init__(self, security: rpc.SecurityConfig, timeout_s: float, max_channels: int = MAX_CLOUD_CHANNELS) -> None:
         self.security = security
         self.timeout_s = timeout_s
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.max_channels = max_channels
+        self._channels: OrderedDict[str, grpc.aio.Channel] = OrderedDict()
+        self._closing: set[asyncio.Task] = set()
 
     def link(self, address: str, request: GenerationRequest) -> GrpcCloudLink:
         if address not in self._channels:
             self._channels[address] = rpc.create_channel(address, self.security)
+            while len(self._channels) > self.max_channels:
+                _, channel = self._channels.popitem(last=False)
+                task = asyncio.get_running_loop().create_task(channel.close(grace=30.0))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        self._channels.move_to_end(address)
         stub = cloud_node_pb2_grpc.CloudNodeStub(self._channels[address])
         return GrpcCloudLink(stub, temperature=request.temperature, seed=request.seed, timeout_s=self.timeout_s)
 
@@ -47,19 +62,35 @@ async def serve(config: EdgeConfig) -> None:
     model = load_model(folder, dtype=parse_dtype(config.dtype))
     model_name = model_display_name(config.model)
     reward_head = RewardHead.load(config.reward_head) if config.reward_head else None
-    engine = EdgeEngine(model, Tokenizer.from_folder(folder), max_tokens_limit=config.max_tokens_limit,
-                        reward_head=reward_head, model_name=model_name)
+    limits = EngineLimits(max_tokens=config.max_tokens_limit, max_prompt_tokens=config.max_prompt_tokens,
+                          max_active_requests=config.max_active_requests)
+    engine = EdgeEngine(model, Tokenizer.from_folder(folder), limits=limits, reward_head=reward_head,
+                        model_name=model_name)
     channels = CloudChannels(config.security, config.cloud_timeout_s)
+    registered_clouds: set[str] = set()  # filled from the coordinator's replies (see serve_node)
+
+    def allowed_clouds() -> set[str]:
+        return {*config.allowed_clouds, *registered_clouds}
+
     servicer = EdgeNodeServicer(engine, node_id=config.node_id, model_name=model_name, default_cloud=config.cloud,
-                                link_factory=channels.link, default_prefetch=config.cloud_prefetch)
-    server = rpc.create_server(config.security)
+                                link_factory=channels.link, default_prefetch=config.cloud_prefetch,
+                                allowed_clouds=allowed_clouds)
+    server = rpc.create_server(config.security, max_message_bytes=MAX_MESSAGE_BYTES)
     edge_node_pb2_grpc.add_EdgeNodeServicer_to_server(servicer, server)
+    # Threshold calibration (a minute of SLM work the first time) starts now, off the event loop,
+    # so that the first request asking for a target cloud share does not wait for all of it.
+    warm_up = asyncio.create_task(asyncio.to_thread(engine.calibration_features))
 
     def load() -> common_pb2.NodeLoad:
-        return common_pb2.NodeLoad(active_requests=servicer.active_requests, max_sessions=1)
+        return common_pb2.NodeLoad(active_requests=servicer.active_requests,
+                                   max_sessions=limits.max_active_requests)
+
+    async def stopping() -> None:
+        warm_up.cancel()
+        await channels.close()
 
     identity = NodeIdentity(config.node_id, common_pb2.NODE_ROLE_EDGE, model_name,
                             common_pb2.CAPABILITY_HYBRID_ROUTING, str(model.device))
     await serve_node("edge", server, identity, listen=config.listen, security=config.security, load=load,
                      coordinator=config.coordinator, heartbeat_interval_s=config.heartbeat_interval_s,
-                     advertise=config.advertise, on_stopping=channels.close)
+                     advertise=config.advertise, on_stopping=stopping)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
-
-import grpc
+from collections.abc import Callable, Collection
 
 from edgecloud import __version__
-from edgecloud.edge_node.cloud_client import CloudUnavailable, GrpcCloudLink
+from edgecloud.edge_node.cloud_client import GrpcCloudLink
 from edgecloud.edge_node.engine import EdgeEngine, GenerationRequest, RequestError
+from edgecloud.errors import DomainError, PermissionDenied, PreconditionFailed, clip, status_for
 from edgecloud.routing.policies import POLICIES
 from edgecloud.routing.router import CLOUD, Accounting
+from edgecloud.summary import to_proto as summary_to_proto
 from edgecloud.v1 import common_pb2, generation_pb2
 from edgecloud.v1 import edge_node_pb2 as pb
 from edgecloud.v1 import edge_node_pb2_grpc as pb_grpc
@@ -36,69 +37,67 @@ def request_from_proto(msg: generation_pb2.GenerateRequest, *, default_prefetch:
         cloud_prefetch=msg.cloud_prefetch if msg.HasField("cloud_prefetch") else default_prefetch)
 
 
-FINISH_REASONS = {"length": generation_pb2.FINISH_REASON_LENGTH, "eos": generation_pb2.FINISH_REASON_EOS,
-                  "stop": generation_pb2.FINISH_REASON_STOP}
-
-
-def summary_to_proto(acc: Accounting, *, policy: str, threshold: float,
-                     edge_node_id: str) -> generation_pb2.GenerationSummary:
-    return generation_pb2.GenerationSummary(
-        edge_tokens=acc.edge_tokens, cloud_tokens=acc.cloud_tokens, checked_tokens=acc.checked_tokens,
-        drafted_tokens=acc.drafted_tokens, cloud_round_trips=acc.round_trips, bytes_up=acc.bytes_up,
-        bytes_down=acc.bytes_down, edge_compute_s=acc.edge_compute_s, cloud_compute_s=acc.cloud_compute_s,
-        network_s=acc.network_s, wall_s=acc.wall_s, cloud_share=acc.cloud_share,
-        finish_reason=FINISH_REASONS.get(acc.finish_reason, generation_pb2.FINISH_REASON_UNSPECIFIED),
-        prompt_tokens=acc.prompt_tokens, policy=policy, threshold=threshold, window_sizes=acc.window_sizes,
-        edge_node_id=edge_node_id, cloud_background_calls=acc.background_calls)
-
-
 class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
     def __init__(self, engine: EdgeEngine, *, node_id: str, model_name: str, default_cloud: str | None,
-                 link_factory: LinkFactory, default_prefetch: bool = False) -> None:
+                 link_factory: LinkFactory, default_prefetch: bool = False,
+                 allowed_clouds: Callable[[], Collection[str]] = frozenset) -> None:
         self.engine = engine
         self.default_prefetch = default_prefetch
         self.node_id = node_id
         self.model_name = model_name
         self.default_cloud = default_cloud
         self.link_factory = link_factory
-        self.active_requests = 0
+        self.allowed_clouds = allowed_clouds  # cloud addresses a request may name (besides the default)
         self.started = time.monotonic()
 
+    @property
+    def active_requests(self) -> int:
+        return self.engine.active_requests
+
+    def _cloud_for(self, request: generation_pb2.GenerateRequest, policy: str) -> str:
+        """The cloud address this request may use ("" for none needed); typed errors say why not."""
+        address = request.cloud_address or self.default_cloud or ""
+        if policy == "slm-only":
+            return address
+        if not address:
+            raise PreconditionFailed(f"policy {policy!r} needs a cloud node, and this edge node knows none "
+                                     "(start it with --cloud or send the request through the coordinator)")
+        if address != self.default_cloud and address not in self.allowed_clouds():
+            raise PermissionDenied(f"cloud_address {clip(address)} is not a cloud node this edge knows "
+                                   "(its --cloud, --allow-cloud, or one registered with its coordinator)")
+        return address
+
     async def Generate(self, request: generation_pb2.GenerateRequest, context):
-        try:
-            domain = request_from_proto(request, default_prefetch=self.default_prefetch)
-            policy = self.engine.validate(domain)
-        except RequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        cloud_address = request.cloud_address or self.default_cloud
-        if policy.name != "slm-only" and not cloud_address:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"policy {policy.name!r} needs a cloud node, and this edge node knows none "
-                                "(start it with --cloud or send the request through the coordinator)")
+        arrived_s = time.perf_counter()
         links: list[GrpcCloudLink] = []
-
-        def make_link(req: GenerationRequest) -> GrpcCloudLink:
-            links.append(self.link_factory(cloud_address or "", req))
-            return links[-1]
-
-        self.active_requests += 1
         index = 0
         try:
-            async for item in self.engine.generate(domain, make_link, policy=policy):
-                if isinstance(item, Accounting):
-                    summary = summary_to_proto(item, policy=policy.name, threshold=policy.threshold,
-                                               edge_node_id=self.node_id)
-                    yield generation_pb2.GenerateEvent(token_id=-1, index=index, summary=summary)
-                    break
-                source = common_pb2.SOURCE_CLOUD if item.source == CLOUD else common_pb2.SOURCE_EDGE
-                yield generation_pb2.GenerateEvent(text=item.text, token_id=item.token_id, source=source,
-                                                   checked=item.checked, index=index)
-                index += item.token_id >= 0
-        except CloudUnavailable as exc:
-            log.warning("request failed: %s", exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            domain = request_from_proto(request, default_prefetch=self.default_prefetch)
+            self.engine.check(domain)
+            cloud_address = self._cloud_for(request, domain.policy)
+
+            def make_link(req: GenerationRequest) -> GrpcCloudLink:
+                links.append(self.link_factory(cloud_address, req))
+                return links[-1]
+
+            with self.engine.admit():
+                prompt_ids = await asyncio.to_thread(self.engine.prompt_ids, domain)
+                policy = await asyncio.to_thread(self.engine.policy_for, domain)
+                async for item in self.engine.generate(domain, make_link, policy=policy, prompt_ids=prompt_ids,
+                                                       arrived_s=arrived_s):
+                    if isinstance(item, Accounting):
+                        summary = summary_to_proto(item, policy=policy.name, threshold=policy.threshold,
+                                                   edge_node_id=self.node_id)
+                        yield generation_pb2.GenerateEvent(token_id=-1, index=index, summary=summary)
+                        break
+                    source = common_pb2.SOURCE_CLOUD if item.source == CLOUD else common_pb2.SOURCE_EDGE
+                    yield generation_pb2.GenerateEvent(text=item.text, token_id=item.token_id, source=source,
+                                                       checked=item.checked, index=index)
+                    index += item.token_id >= 0
+        except DomainError as exc:
+            log.warning("request failed after %d tokens: %s", index, exc)
+            await context.abort(*status_for(exc))
         finally:
-            self.active_requests -= 1
             for link in links:
                 await link.close()
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import grpc
 
 from edgecloud import rpc
+from edgecloud.summary import Summary
+from edgecloud.summary import from_proto as summary_from_proto
 from edgecloud.v1 import common_pb2, generation_pb2
 from edgecloud.v1 import coordinator_pb2 as coord_pb
 from edgecloud.v1 import coordinator_pb2_grpc as coord_grpc
@@ -29,8 +31,6 @@ from edgecloud.v1 import edge_node_pb2 as edge_pb
 from edgecloud.v1 import edge_node_pb2_grpc as edge_grpc
 
 SOURCES = {common_pb2.SOURCE_EDGE: "edge", common_pb2.SOURCE_CLOUD: "cloud"}
-FINISH = {generation_pb2.FINISH_REASON_LENGTH: "length", generation_pb2.FINISH_REASON_EOS: "eos",
-          generation_pb2.FINISH_REASON_STOP: "stop", generation_pb2.FINISH_REASON_CANCELLED: "cancelled"}
 Target = Literal["auto", "coordinator", "edge"]
 
 
@@ -52,52 +52,6 @@ class TokenEvent:
     source: str
     checked: bool  # an edge token that the cloud verified
     index: int
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Accounting of one request (the final event of every stream)."""
-
-    edge_tokens: int
-    cloud_tokens: int
-    checked_tokens: int
-    drafted_tokens: int
-    cloud_round_trips: int
-    bytes_up: int
-    bytes_down: int
-    edge_compute_s: float
-    cloud_compute_s: float
-    network_s: float
-    wall_s: float
-    cloud_share: float
-    finish_reason: str
-    prompt_tokens: int
-    policy: str
-    threshold: float | None
-    window_sizes: tuple[int, ...] = field(default=())
-    edge_node_id: str = ""
-    cloud_node_id: str = ""
-    cloud_background_calls: int = 0
-
-    @property
-    def output_tokens(self) -> int:
-        return self.edge_tokens + self.cloud_tokens
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.output_tokens / self.wall_s if self.wall_s else 0.0
-
-    @property
-    def round_trips_per_token(self) -> float:
-        return self.cloud_round_trips / self.output_tokens if self.output_tokens else 0.0
-
-    @classmethod
-    def from_proto(cls, s: generation_pb2.GenerationSummary) -> Summary:
-        return cls(s.edge_tokens, s.cloud_tokens, s.checked_tokens, s.drafted_tokens, s.cloud_round_trips,
-                   s.bytes_up, s.bytes_down, s.edge_compute_s, s.cloud_compute_s, s.network_s, s.wall_s,
-                   s.cloud_share, FINISH.get(s.finish_reason, ""), s.prompt_tokens, s.policy,
-                   s.threshold if s.HasField("threshold") else None, tuple(s.window_sizes), s.edge_node_id,
-                   s.cloud_node_id, s.cloud_background_calls)
 
 
 @dataclass(frozen=True)
@@ -156,7 +110,7 @@ class AsyncClient:
         try:
             async for event in self._stream(request, timeout_s or self.timeout_s):
                 if event.HasField("summary"):
-                    self.last_summary = Summary.from_proto(event.summary)
+                    self.last_summary = summary_from_proto(event.summary)
                     yield self.last_summary
                     return
                 yield TokenEvent(event.text, event.token_id, SOURCES.get(event.source, "edge"), event.checked,

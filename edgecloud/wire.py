@@ -19,13 +19,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from edgecloud.errors import InvalidInput, LimitExceeded
 from edgecloud.v1 import tensor_pb2 as pb
 
 MAX_RANK = 16
 
 
-class WireError(ValueError):
+class WireError(InvalidInput):
     """A message from the network that does not describe a valid, acceptable tensor or token list."""
+
+
+class WireLimitError(WireError, LimitExceeded):
+    """A message over a size limit (answered RESOURCE_EXHAUSTED)."""
 
 
 @dataclass(frozen=True)
@@ -104,14 +109,14 @@ def tensor_from_proto(msg: pb.Tensor, *, max_bytes: int,
     itemsize = info.carrier.itemsize
     need = math.prod(shape) * itemsize
     if need > max_bytes:
-        raise WireError(f"tensor of dtype {info.name} × shape {shape} is {need} bytes; the limit is {max_bytes}")
+        raise WireLimitError(f"tensor of dtype {info.name} × shape {shape} is {need} bytes; the limit is {max_bytes}")
     if msg.raw_nbytes != need:
         raise WireError(f"tensor raw_nbytes is {msg.raw_nbytes} but dtype {info.name} × shape {shape} "
                         f"needs {need}")
     if msg.codec == pb.CODEC_RAW and msg.compression == pb.COMPRESSION_NONE:
         return _decode_raw(msg.payload, info, shape, need)
     if len(msg.payload) > max_bytes:
-        raise WireError(f"tensor payload is {len(msg.payload)} bytes; the limit is {max_bytes}")
+        raise WireLimitError(f"tensor payload is {len(msg.payload)} bytes; the limit is {max_bytes}")
     decoder = _DECODERS.get((msg.codec, msg.compression))
     if decoder is None:
         raise WireError(f"codec {_codec_name(msg.codec, msg.compression)} not supported by this build")
@@ -126,7 +131,7 @@ def token_ids(ids: Sequence[int], *, max_len: int, vocab_size: int | None = None
               what: str = "token ids") -> list[int]:
     """Check a repeated token-id field: length ≤ ``max_len`` and each id in [0, vocab_size)."""
     if len(ids) > max_len:
-        raise WireError(f"{what}: {len(ids)} ids exceed the limit {max_len}")
+        raise WireLimitError(f"{what}: {len(ids)} ids exceed the limit {max_len}")
     out = list(ids)
     upper = vocab_size if vocab_size is not None else 2**31
     bad = [t for t in out if not 0 <= t < upper]
@@ -155,7 +160,7 @@ def _dtype_info(code: int) -> _DTypeInfo:
 def _check_shape(dims: Sequence[int], expected: tuple[int | None, ...] | None) -> tuple[int, ...]:
     shape = tuple(dims)
     if len(shape) > MAX_RANK:
-        raise WireError(f"tensor rank {len(shape)} exceeds the limit {MAX_RANK}")
+        raise WireLimitError(f"tensor rank {len(shape)} exceeds the limit {MAX_RANK}")
     if any(d < 0 for d in shape):
         raise WireError(f"tensor shape {shape} has a negative dimension")
     if expected is not None:

@@ -13,6 +13,8 @@ directly. Three entry points serve the three ways edgecloud runs a model:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,17 +63,32 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x * cos) + (_rotate_half(x) * sin)
 
 
-def causal_window_mask(num_new: int, num_total: int, device: torch.device) -> torch.Tensor | None:
-    """Boolean mask (T, S) letting new token i see cached tokens and new tokens up to i.
-
-    Returns None when plain causal or no masking is exact (single token, or no cache).
-    """
+def causal_window_mask(num_new: int, num_total: int, device: torch.device) -> torch.Tensor:
+    """Boolean mask (T, S) letting new token i see the cached tokens and new tokens up to i."""
     past = num_total - num_new
-    if num_new == 1:
-        return None
     query_pos = torch.arange(past, num_total, device=device)[:, None]  # (T, 1)
     key_pos = torch.arange(num_total, device=device)[None, :]  # (1, S)
     return key_pos <= query_pos  # (T, S)
+
+
+@dataclass(frozen=True)
+class AttentionMask:
+    """How a window of new tokens attends, decided once per forward (not per layer).
+
+    One new token sees everything (no mask); a window with nothing cached is plain causal (the
+    fused kernel, no T×T tensor); only a window after cached tokens needs an explicit (T, S) mask.
+    """
+
+    mask: torch.Tensor | None = None
+    is_causal: bool = False
+
+    @classmethod
+    def for_window(cls, num_new: int, past: int, device: torch.device) -> AttentionMask:
+        if num_new == 1:
+            return cls()
+        if past == 0:
+            return cls(is_causal=True)
+        return cls(mask=causal_window_mask(num_new, past + num_new, device))
 
 
 class Attention(nn.Module):
@@ -92,7 +109,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * d, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None) -> torch.Tensor:
+                cache: KVCache | None, attention: AttentionMask) -> torch.Tensor:
         bsz, seq, _ = x.shape  # (B, T, C)
         q = self.q_proj(x).view(bsz, seq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
@@ -101,13 +118,10 @@ class Attention(nn.Module):
         k = apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.append(self.layer_index, k, v)  # (B, KV, S, D)
-        total = k.shape[2]
-        mask = causal_window_mask(seq, total, x.device)
-        is_causal = mask is not None and total == seq
         y = F.scaled_dot_product_attention(
             q, k, v,
-            attn_mask=None if is_causal else mask,
-            is_causal=is_causal,
+            attn_mask=attention.mask,
+            is_causal=attention.is_causal,
             enable_gqa=self.num_heads != self.num_kv_heads,
         )  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(bsz, seq, self.num_heads * self.head_dim))
@@ -137,8 +151,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+                cache: KVCache | None, attention: AttentionMask) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, attention)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -186,10 +200,15 @@ class LlamaModel(nn.Module):
         if not 0 <= start <= end <= self.config.num_layers:
             raise ValueError(f"layer range [{start}, {end}) is outside [0, {self.config.num_layers})")
         past = cache.length(start) if cache is not None and start < end else 0
-        positions = torch.arange(past, past + hidden.shape[1], device=hidden.device)
+        num_new = hidden.shape[1]
+        if past + num_new > self.config.max_position_embeddings:
+            raise ValueError(f"{past + num_new} positions exceed the model's context of "
+                             f"{self.config.max_position_embeddings}")
+        positions = torch.arange(past, past + num_new, device=hidden.device)
         cos, sin = self.rotary(positions, hidden.dtype)
+        attention = AttentionMask.for_window(num_new, past, hidden.device)
         for layer in self.layers[start:end]:
-            hidden = layer(hidden, cos, sin, cache)
+            hidden = layer(hidden, cos, sin, cache, attention)
         return hidden
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,9 @@ class TokenizerError(ValueError):
     """A tokenizer folder that is missing files or cannot render a chat."""
 
 
+USER_SLOT = "\ue000edgecloud-user-message\ue000"  # private-use marker where the user text goes
+
+
 def _raise_exception(message: str) -> None:
     raise TokenizerError(f"chat template error: {message}")
 
@@ -67,8 +70,21 @@ class Tokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` exactly as written (special-token text included is recognised)."""
+        """Token ids of ``text`` exactly as written (special-token text included is recognised).
+
+        For trusted text only (a rendered chat template); user text goes through ``encode_text``.
+        """
         return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of untrusted text: ``<|im_end|>`` typed by a user stays plain text, not a control token."""
+        return self._plain_backend.encode(text, add_special_tokens=False).ids
+
+    @cached_property
+    def _plain_backend(self) -> BackendTokenizer:
+        plain = BackendTokenizer.from_str(self.backend.to_str())
+        plain.encode_special_tokens = True
+        return plain
 
     def decode(self, ids: list[int], *, skip_special_tokens: bool = True) -> str:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -94,13 +110,20 @@ class Tokenizer:
                    assistant_prefix: str = "") -> list[int]:
         """Ids for a user prompt: through the chat template when there is one and ``chat``.
 
-        ``assistant_prefix`` opens the assistant turn (e.g. a Python code fence).
+        ``assistant_prefix`` opens the assistant turn (e.g. a Python code fence). The prompt and the
+        prefix are encoded with special tokens off, so user text cannot open or close chat turns;
+        only the template's own markup becomes control tokens.
         """
         if not (chat and self.chat_template):
-            return self.encode(prompt)
+            return self.encode_text(prompt)
         messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}]
-        return self.encode(self.apply_chat_template(messages) + assistant_prefix)
+            {"role": "user", "content": USER_SLOT}]
+        parts = self.apply_chat_template(messages).split(USER_SLOT)
+        if len(parts) != 2:
+            raise TokenizerError("the chat template does not place the user message exactly once")
+        before, after = parts
+        return (self.encode(before) + self.encode_text(prompt) + self.encode(after)
+                + self.encode_text(assistant_prefix))
 
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self)

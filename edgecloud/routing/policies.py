@@ -21,10 +21,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
 
+from edgecloud.errors import InvalidInput
 from edgecloud.routing.features import TokenFeatures
 
 
-class PolicyError(ValueError):
+class PolicyError(InvalidInput):
     """Unknown policy name or a threshold outside the policy's range."""
 
 

@@ -63,27 +63,38 @@ class TokenEvent:
 
 @dataclass
 class Accounting:
-    """Per-request bookkeeping; ``cloud_share`` counts tokens produced or checked by the cloud."""
+    """Per-request bookkeeping; ``cloud_share`` counts tokens produced or checked by the cloud.
+
+    Field names are those of the wire's ``GenerationSummary`` (``edgecloud.summary`` converts
+    field by field). Clocks start when the request arrives at the edge node.
+    """
 
     edge_tokens: int = 0  # produced by the edge (checked or not)
     cloud_tokens: int = 0  # produced by the cloud
     checked_tokens: int = 0  # edge tokens the cloud verified
-    round_trips: int = 0
+    drafted_tokens: int = 0  # including ones the cloud rejected or that were dropped
+    cloud_round_trips: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
-    edge_compute_s: float = 0.0
-    cloud_compute_s: float = 0.0
+    edge_compute_s: float = 0.0  # SLM forwards, the prompt's prefill included
+    cloud_compute_s: float = 0.0  # LLM forwards, background context pushes included
     network_s: float = 0.0
-    wall_s: float = 0.0
-    background_calls: int = 0  # context pushes overlapped with drafting (prefetch)
-    drafted_tokens: int = 0  # including ones the cloud rejected or that were dropped
-    window_sizes: list[int] = field(default_factory=list)
-    prompt_tokens: int = 0
+    wall_s: float = 0.0  # arrival to the last token
+    time_to_first_token_s: float = 0.0  # arrival to the first token
     finish_reason: str = ""  # "length", "eos" or (set by the caller) "stop"
+    prompt_tokens: int = 0
+    window_sizes: list[int] = field(default_factory=list)
+    cloud_background_calls: int = 0  # context pushes overlapped with drafting (prefetch)
+
+    @property
+    def round_trips(self) -> int:
+        return self.cloud_round_trips
 
     @property
     def total_tokens(self) -> int:
         return self.edge_tokens + self.cloud_tokens
+
+    output_tokens = total_tokens
 
     @property
     def cloud_share(self) -> float:
@@ -91,7 +102,18 @@ class Accounting:
 
     @property
     def round_trips_per_token(self) -> float:
-        return self.round_trips / self.total_tokens if self.total_tokens else 0.0
+        return self.cloud_round_trips / self.total_tokens if self.total_tokens else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Output tokens over the whole request time (arrival to last token)."""
+        return self.total_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens after the first, over the time after the first token (0 for a one-token answer)."""
+        decode_s = self.wall_s - self.time_to_first_token_s
+        return (self.total_tokens - 1) / decode_s if self.total_tokens > 1 and decode_s > 0 else 0.0
 
 
 class HybridRouter:
@@ -99,7 +121,7 @@ class HybridRouter:
 
     def __init__(self, policy: RoutingPolicy, cloud: CloudLink, prompt_ids: list[int], *,
                  drafter: EdgeDrafter | None, max_new_tokens: int, stop_ids: Iterable[int] = (),
-                 prefetch: bool = False) -> None:
+                 prefetch: bool = False, started_s: float | None = None) -> None:
         if max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
         if policy.uses_edge_draft and drafter is None:
@@ -115,9 +137,11 @@ class HybridRouter:
         self._unseen = list(prompt_ids)  # tokens the cloud has not seen yet
         self._emitted = 0
         self._done = False
+        self._started_s = started_s  # perf_counter() when the request arrived (default: when run() starts)
 
     async def run(self) -> AsyncIterator[TokenEvent]:
-        started = time.perf_counter()
+        if self._started_s is None:
+            self._started_s = time.perf_counter()
         try:
             if not self.policy.uses_edge_draft:
                 async for event in self._cloud_only():
@@ -129,7 +153,7 @@ class HybridRouter:
                 async for event in self._token_level():
                     yield event
         finally:
-            self.accounting.wall_s = time.perf_counter() - started
+            self.accounting.wall_s = time.perf_counter() - self._started_s
             if self.drafter is not None:
                 self.accounting.edge_compute_s = self.drafter.compute_s
 
@@ -148,6 +172,8 @@ class HybridRouter:
             acc.edge_tokens += 1
             acc.checked_tokens += checked
         self._emitted += 1
+        if self._emitted == 1:
+            acc.time_to_first_token_s = time.perf_counter() - self._started_s
         if self._emitted >= self.max_new_tokens:
             self._done = True
             self.accounting.finish_reason = "length"
@@ -156,12 +182,12 @@ class HybridRouter:
     async def _round_trip(self, draft: list[int]) -> LinkVerdict:
         verdict = await self.cloud.verify(self._unseen, draft)
         acc = self.accounting
-        acc.round_trips += 1
+        acc.cloud_round_trips += 1
         acc.cloud_compute_s += verdict.cloud_compute_s
         acc.network_s += verdict.network_s
         acc.bytes_up += verdict.bytes_up
         acc.bytes_down += verdict.bytes_down
-        acc.background_calls += verdict.background_calls
+        acc.cloud_background_calls += verdict.background_calls
         acc.window_sizes.append(len(draft))
         self._unseen = [verdict.next_token]
         return verdict

@@ -1,0 +1,184 @@
+"""The edge's link to a cloud node and the cloud's session table, through a real gRPC server.
+
+The cloud session's tokens must always equal the edge's record of them, whatever is evicted
+when; a new session is never visible half-made; bad options are refused with a clear status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+
+from edgecloud import rpc
+from edgecloud.cloud_node.service import CloudNodeServicer
+from edgecloud.cloud_node.sessions import SessionLimits, SessionStore
+from edgecloud.edge_node.cloud_client import CloudUnavailable, GrpcCloudLink
+from edgecloud.models.generate import generate_ids
+from edgecloud.v1 import cloud_node_pb2 as pb
+from edgecloud.v1 import cloud_node_pb2_grpc
+
+PROMPT = [5, 9, 13, 2, 40, 17, 3]
+
+
+def serve_cloud(store: SessionStore, scenario: Callable[[cloud_node_pb2_grpc.CloudNodeStub], Awaitable]):
+    """Run ``scenario(stub)`` against a real cloud servicer on a free port."""
+    async def main():
+        server = rpc.create_server()
+        cloud_node_pb2_grpc.add_CloudNodeServicer_to_server(
+            CloudNodeServicer(store, node_id="c", model_name="tiny", max_message_bytes=2**20), server)
+        port = await rpc.start_server(server, "127.0.0.1:0")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                return await scenario(cloud_node_pb2_grpc.CloudNodeStub(channel))
+        finally:
+            await server.stop(0)
+    return asyncio.run(main())
+
+
+async def _churn(stub: cloud_node_pb2_grpc.CloudNodeStub) -> None:
+    """Another client opening a session: on a one-session cloud, it evicts everyone else's."""
+    await stub.OpenSession(pb.OpenSessionRequest(prompt_token_ids=[1, 2, 3]), timeout=10)
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_every_eviction_replays_the_whole_session(llm, window) -> None:
+    """LLM-only (window 0) and speculative-style windows with an eviction before every call: the output
+    is the LLM's greedy output and the edge's record is the whole session, every time."""
+    steps = 10
+    expected = list(generate_ids(llm, PROMPT, max_new_tokens=steps * (window + 1)))
+    store = SessionStore(llm, SessionLimits(max_sessions=1))
+
+    async def scenario(stub):
+        link = GrpcCloudLink(stub)
+        out: list[int] = []
+        context = list(PROMPT)
+        for _ in range(steps):
+            draft = expected[len(out):len(out) + window]
+            if window:
+                draft = [*draft[:-1], (draft[-1] + 1) % llm.config.vocab_size]  # the last one is wrong
+            verdict = await link.verify(context, draft)
+            out += [*draft[:verdict.accepted], verdict.next_token]
+            context = [verdict.next_token]
+            assert link.cloud_tokens == PROMPT + out[:-1]  # what the cloud holds: all but the unsent last
+            await _churn(stub)
+        return out, link.replays
+
+    out, replays = serve_cloud(store, scenario)
+    assert out == expected[:len(out)]
+    assert replays == steps - 1 and store.evictions >= replays
+
+
+def test_a_failed_replay_is_a_typed_error(llm) -> None:
+    """The replay of an evicted session over the cloud's window limit: RESOURCE_EXHAUSTED, passed on."""
+    store = SessionStore(llm, SessionLimits(max_sessions=1, max_window_tokens=len(PROMPT) + 2))
+
+    async def scenario(stub):
+        link = GrpcCloudLink(stub)
+        context = list(PROMPT)
+        for _ in range(4):
+            verdict = await link.verify(context, [])
+            context = [verdict.next_token]
+        await _churn(stub)
+        with pytest.raises(CloudUnavailable) as caught:
+            await link.verify(context, [])
+        return caught.value
+
+    error = serve_cloud(store, scenario)
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "exceed the limit" in str(error)
+
+
+def test_a_refused_open_leaves_no_session(llm) -> None:
+    store = SessionStore(llm, SessionLimits(max_sessions=4))
+
+    async def scenario(stub):
+        keep = await stub.OpenSession(pb.OpenSessionRequest(prompt_token_ids=PROMPT), timeout=10)
+        for _ in range(10):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Verify(pb.VerifyRequest(draft_token_ids=[3], open_with=pb.AcceptanceOptions()),
+                                  timeout=10)  # no prompt: refused by the session, after the wire checks
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return keep.session_id
+
+    keep = serve_cloud(store, scenario)
+    assert store.status()["sessions"] == 1 and store.evictions == 0
+    store.verify(keep, [1], [])  # the other client's session survived
+
+
+def test_concurrent_opens_always_find_their_own_session(llm) -> None:
+    store = SessionStore(llm, SessionLimits(max_sessions=1))
+
+    async def scenario(stub):
+        async def open_and_verify():
+            reply = await stub.Verify(pb.VerifyRequest(context_token_ids=PROMPT, draft_token_ids=[4, 4],
+                                                       open_with=pb.AcceptanceOptions()), timeout=30)
+            return reply.session_id and reply.session_tokens >= len(PROMPT)
+        return await asyncio.gather(*(open_and_verify() for _ in range(40)), return_exceptions=True)
+
+    results = serve_cloud(store, scenario)
+    assert all(r is True for r in results), [r for r in results if r is not True][:3]
+
+
+@pytest.mark.parametrize("options", [
+    {"rule": 2}, {"rule": 99}, {"temperature": -1.0}, {"temperature": math.nan}, {"temperature": 1e-308},
+    {"temperature": math.inf}])
+def test_bad_session_options_are_invalid_argument(llm, options) -> None:
+    store = SessionStore(llm)
+
+    async def scenario(stub):
+        codes = []
+        for call in (lambda: stub.OpenSession(pb.OpenSessionRequest(prompt_token_ids=PROMPT,
+                                                                      acceptance=pb.AcceptanceOptions(**options)),
+                                              timeout=10),
+                     lambda: stub.Verify(pb.VerifyRequest(context_token_ids=PROMPT,
+                                                          open_with=pb.AcceptanceOptions(**options)), timeout=10)):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call()
+            codes.append(caught.value.code())
+        return codes
+
+    assert serve_cloud(store, scenario) == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+    assert store.status()["sessions"] == 0
+
+
+def test_errors_do_not_echo_unbounded_input(llm) -> None:
+    store = SessionStore(llm)
+
+    async def scenario(stub):
+        replies = []
+        for call in (stub.OpenSession(pb.OpenSessionRequest(session_id="x" * 100_000, prompt_token_ids=PROMPT),
+                                      timeout=10),
+                     stub.Verify(pb.VerifyRequest(session_id="y" * 100_000, context_token_ids=[1]), timeout=10),
+                     stub.OpenSession(pb.OpenSessionRequest(model="m" * 100_000), timeout=10)):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            replies.append((caught.value.code(), len(caught.value.details())))
+        return replies
+
+    replies = serve_cloud(store, scenario)
+    assert [code for code, _ in replies] == [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                                             grpc.StatusCode.NOT_FOUND]
+    assert all(length < 400 for _, length in replies)
+
+
+def test_idle_sessions_expire(llm) -> None:
+    store = SessionStore(llm, SessionLimits(idle_ttl_s=0.0))
+    store.start(PROMPT)
+    assert store.status()["sessions"] == 0 and store.expirations == 1
+
+
+def test_verify_runs_the_lm_head_on_the_needed_rows_only(llm) -> None:
+    """The LM head (final norm + projection) sees len(draft) + 1 rows, not the whole window."""
+    store = SessionStore(llm)
+    rows = []
+    hook = llm.norm.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[1]))
+    try:
+        verdict = store.start(PROMPT * 4, [1, 2, 3])
+        store.verify(verdict.session_id, [7, 8, 9, 10], [4])
+        store.verify(verdict.session_id, [], [5, 6])
+    finally:
+        hook.remove()
+    assert rows == [4, 2, 2]
