@@ -33,6 +33,9 @@ class InProcessCloudLink:
     def prefetch(self, unseen: list[int]) -> None:
         """In-process there is no round trip to hide: nothing to do."""
 
+    async def settle(self) -> LinkVerdict:
+        return LinkVerdict(accepted=0, next_token=-1)
+
     async def close(self) -> None:
         if self.session_id is not None:
             self.store.close(self.session_id)

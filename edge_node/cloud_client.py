@@ -127,6 +127,16 @@ class GrpcCloudLink:
                            bytes_down=reply.ByteSize() + background.bytes_down,
                            background_calls=background.calls)
 
+    async def settle(self) -> LinkVerdict:
+        """Wait for a background push still running; the pushes' cost since the last verdict."""
+        if self._push is not None:
+            with contextlib.suppress(grpc.aio.AioRpcError, DomainError, OSError):
+                await self._push
+        background, self._background = self._background, _Background()
+        return LinkVerdict(accepted=0, next_token=-1, cloud_compute_s=background.compute_s,
+                           bytes_up=background.bytes_up, bytes_down=background.bytes_down,
+                           background_calls=background.calls)
+
     def _check_length(self, session_tokens: int) -> None:
         if session_tokens != len(self.cloud_tokens):
             raise CloudUnavailable(f"cloud session {self.session_id} holds {session_tokens} tokens but the edge "

@@ -53,6 +53,9 @@ class CloudLink(Protocol):
     def prefetch(self, unseen: list[int]) -> None:
         """May push ``unseen`` context to the cloud in the background (so a later verify sends less)."""
 
+    async def settle(self) -> LinkVerdict:
+        """Wait for background pushes; their cost since the last verdict (called at the end when prefetching)."""
+
 
 @dataclass(frozen=True)
 class TokenEvent:
@@ -153,6 +156,8 @@ class HybridRouter:
                 async for event in self._token_level():
                     yield event
         finally:
+            if self.prefetch:
+                self._account(await self.cloud.settle())
             self.accounting.wall_s = time.perf_counter() - self._started_s
             if self.drafter is not None:
                 self.accounting.edge_compute_s = self.drafter.compute_s
@@ -183,14 +188,18 @@ class HybridRouter:
         verdict = await self.cloud.verify(self._unseen, draft)
         acc = self.accounting
         acc.cloud_round_trips += 1
+        acc.window_sizes.append(len(draft))
+        self._account(verdict)
+        self._unseen = [verdict.next_token]
+        return verdict
+
+    def _account(self, verdict: LinkVerdict) -> None:
+        acc = self.accounting
         acc.cloud_compute_s += verdict.cloud_compute_s
         acc.network_s += verdict.network_s
         acc.bytes_up += verdict.bytes_up
         acc.bytes_down += verdict.bytes_down
         acc.cloud_background_calls += verdict.background_calls
-        acc.window_sizes.append(len(draft))
-        self._unseen = [verdict.next_token]
-        return verdict
 
     async def _cloud_only(self) -> AsyncIterator[TokenEvent]:
         while not self._done:
