@@ -15,6 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise", help="address others dial (default: listen host and bound port)")
     p.add_argument("--node-id", default="cloud-0")
     p.add_argument("--dtype", default="bf16")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads for the model (0: one per core; 1 when sharing cores with other daemons)")
     p.add_argument("--coordinator", help="coordinator address to register with")
     p.add_argument("--max-sessions", type=int, default=64)
     p.add_argument("--max-kv-mib", type=int, default=4096)
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     config = CloudConfig(model=args.model, listen=args.listen, advertise=args.advertise, node_id=args.node_id,
-                         dtype=args.dtype, coordinator=args.coordinator, max_sessions=args.max_sessions,
+                         dtype=args.dtype, threads=args.threads, coordinator=args.coordinator, max_sessions=args.max_sessions,
                          max_kv_mib=args.max_kv_mib, max_window_tokens=args.max_window_tokens,
                          max_tokens_per_session=args.max_tokens_per_session,
                          session_idle_ttl_s=args.session_idle_ttl_s,

@@ -14,6 +14,7 @@ class CloudConfig:
     advertise: str | None = None  # address others dial (default: the bound listen address)
     node_id: str = "cloud-0"
     dtype: str = "bfloat16"
+    threads: int = 0  # torch intra-op threads (0: torch's default, one per core)
     max_sessions: int = 64
     max_kv_mib: int = 4096
     max_tokens_per_session: int = 32768

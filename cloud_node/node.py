@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from edgecloud import rpc
 from edgecloud.cloud_node.config import CloudConfig
 from edgecloud.cloud_node.service import CloudNodeServicer
@@ -17,6 +19,8 @@ log = logging.getLogger(__name__)
 
 
 async def serve(config: CloudConfig) -> None:
+    if config.threads:
+        torch.set_num_threads(config.threads)
     folder = resolve_source(config.model)
     log.info("loading %s", folder)
     model = load_model(folder, dtype=parse_dtype(config.dtype))

@@ -16,6 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise", help="address others dial (default: listen host and bound port)")
     p.add_argument("--node-id", default="edge-0")
     p.add_argument("--dtype", default="bf16")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads for the model (0: one per core; 1 when sharing cores with other daemons)")
     p.add_argument("--coordinator", help="coordinator address to register with")
     p.add_argument("--cloud", help="cloud node address for requests that name none")
     p.add_argument("--max-tokens-limit", type=int, default=4096, help="new tokens per request")
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     config = EdgeConfig(model=args.model, listen=args.listen, advertise=args.advertise, node_id=args.node_id,
-                        dtype=args.dtype, cloud=args.cloud, coordinator=args.coordinator,
+                        dtype=args.dtype, threads=args.threads, cloud=args.cloud, coordinator=args.coordinator,
                         max_tokens_limit=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
                         max_active_requests=args.max_active_requests, allowed_clouds=tuple(args.allow_cloud),
                         cloud_timeout_s=args.cloud_timeout_s,

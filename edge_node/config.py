@@ -14,6 +14,7 @@ class EdgeConfig:
     advertise: str | None = None
     node_id: str = "edge-0"
     dtype: str = "bfloat16"
+    threads: int = 0  # torch intra-op threads (0: torch's default, one per core)
     cloud: str | None = None  # default cloud node when a request names none
     coordinator: str | None = None
     heartbeat_interval_s: float = 5.0

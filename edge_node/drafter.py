@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Sequence
 
 import torch
 
+from edgecloud.edge_node.scheduler import SlmScheduler
 from edgecloud.models.generate import SamplingParams, select_token
 from edgecloud.models.llama import LlamaModel
 from edgecloud.routing.features import TokenFeatures, token_features
@@ -28,6 +29,7 @@ class Drafter:
         self.compute_s = 0.0
         self._logits: torch.Tensor  # (V,) for the position after the cache's end
         self._hidden: torch.Tensor | None = None
+        self._next: tuple[int, TokenFeatures]  # the draft for that position
         self._pending = list(prompt_ids)  # prompt tokens not yet in the cache
         if prefill:
             self.prefill()
@@ -46,12 +48,24 @@ class Drafter:
         return self.cache.length()
 
     def draft(self) -> tuple[int, TokenFeatures]:
-        """The SLM's choice for the next position and its features (does not advance)."""
+        """The SLM's choice for the next position and its features (does not advance).
+
+        Chosen when the cache advanced (in the same worker thread, so this costs nothing): the
+        router asks once per position.
+        """
+        return self._next
+
+    @staticmethod
+    @torch.inference_mode()
+    def feed_batch(drafters: Sequence[Drafter], tokens: Sequence[int]) -> None:
+        """``feed`` for several requests' drafters (same model) in one forward pass."""
         started = time.perf_counter()
-        token = select_token(self._logits, self.sampling, self._generator)
-        features = token_features(self._logits, self.num_tokens - self.prompt_len, self._hidden)
-        self.compute_s += time.perf_counter() - started
-        return token, features
+        model = drafters[0].model
+        hidden = model.decode_sessions(tokens, [d.cache for d in drafters])  # (B, 1, C)
+        logits = model.head(hidden)[:, -1]  # (B, V)
+        share = (time.perf_counter() - started) / len(drafters)
+        for i, drafter in enumerate(drafters):
+            drafter._set_next(logits[i], hidden[i:i + 1], share)
 
     def feed(self, token: int) -> None:
         """Advance the cache by one token."""
@@ -67,23 +81,26 @@ class Drafter:
         started = time.perf_counter()
         ids = torch.tensor([tokens], device=self.model.device)
         hidden = self.model.forward_layers(self.model.embed(ids), 0, self.model.config.num_layers, self.cache)
-        last = hidden[:, -1:]
-        self._logits = self.model.head(last)[0, -1]
-        self._hidden = self.model.norm(last)[0, -1].float() if self.with_hidden else None
-        self.compute_s += time.perf_counter() - started
+        last = hidden[:, -1:]  # (1, 1, C)
+        self._set_next(self.model.head(last)[0, -1], last, time.perf_counter() - started)
+
+    def _set_next(self, logits: torch.Tensor, last_hidden: torch.Tensor, forward_s: float) -> None:
+        """Keep the logits (V,) after the cache's end and choose the draft there."""
+        started = time.perf_counter()
+        self._logits = logits
+        self._hidden = self.model.norm(last_hidden)[0, -1].float() if self.with_hidden else None
+        token = select_token(logits, self.sampling, self._generator)
+        self._next = (token, token_features(logits, self.num_tokens - self.prompt_len, self._hidden))
+        self.compute_s += forward_s + time.perf_counter() - started
 
 
 class ThreadedDrafter:
-    """A ``Drafter`` seen through the router's async interface.
+    """A ``Drafter`` seen through the router's async interface; its forwards run on the device's
+    ``SlmScheduler``, so the event loop keeps serving and requests share the SLM fairly."""
 
-    Compute runs in a worker thread, so the node's event loop keeps serving other calls, and each
-    forward takes the device's ``gate`` on its own: requests interleave forward by forward (the
-    lock is FIFO), never held across a cloud round trip.
-    """
-
-    def __init__(self, drafter: Drafter, gate: asyncio.Lock | None = None) -> None:
+    def __init__(self, drafter: Drafter, scheduler: SlmScheduler | None = None) -> None:
         self._drafter = drafter
-        self._gate = gate or asyncio.Lock()
+        self._scheduler = scheduler or SlmScheduler()
 
     @property
     def compute_s(self) -> float:
@@ -93,20 +110,16 @@ class ThreadedDrafter:
     def num_tokens(self) -> int:
         return self._drafter.num_tokens
 
-    async def _run(self, fn, *args):
-        async with self._gate:
-            return await asyncio.to_thread(fn, *args)
-
     async def prefill(self, chunk_tokens: int) -> None:
         """Cache the prompt, ``chunk_tokens`` per forward (so a long prompt does not stall others)."""
-        while not await self._run(self._drafter.prefill, chunk_tokens):
+        while not await self._scheduler.run(self._drafter.prefill, chunk_tokens):
             pass
 
     async def draft(self) -> tuple[int, TokenFeatures]:
-        return await self._run(self._drafter.draft)
+        return self._drafter.draft()  # chosen when the cache advanced: no compute here
 
     async def feed(self, token: int) -> None:
-        await self._run(self._drafter.feed, token)
+        await self._scheduler.feed(self._drafter, token)
 
     async def rollback(self, num_tokens: int, then_feed: list[int]) -> None:
-        await self._run(self._drafter.rollback, num_tokens, then_feed)
+        await self._scheduler.run(self._drafter.rollback, num_tokens, then_feed)

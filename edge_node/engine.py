@@ -8,7 +8,6 @@ node was given (gRPC in the daemon, in-process in tests and the evaluation engin
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
@@ -19,6 +18,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from edgecloud.edge_node.drafter import Drafter, ThreadedDrafter
+from edgecloud.edge_node.scheduler import SlmScheduler
 from edgecloud.errors import InvalidInput, LimitExceeded
 from edgecloud.models.generate import SamplingParams
 from edgecloud.models.llama import LlamaModel
@@ -89,7 +89,7 @@ CloudLinkFactory = Callable[[GenerationRequest], CloudLink]
 class EdgeEngine:
     """The SLM with its tokenizer, serving requests one router per request.
 
-    Requests share the SLM forward by forward (``gate``); at most ``limits.max_active_requests``
+    Requests share the SLM forward by forward (``scheduler``); at most ``limits.max_active_requests``
     are in progress, more are refused with ``EdgeBusy``.
     """
 
@@ -102,7 +102,7 @@ class EdgeEngine:
         self.reward_head = reward_head
         self._calibration: list[TokenFeatures] | None = None
         self._calibration_lock = threading.Lock()  # computed once, whoever asks first
-        self.gate = asyncio.Lock()  # one SLM forward at a time on this device
+        self.scheduler = SlmScheduler()  # the SLM's forwards, all requests' in turn, batched where possible
         self.active_requests = 0
 
     @property
@@ -247,7 +247,7 @@ class EdgeEngine:
         if policy.uses_edge_draft:
             drafter = ThreadedDrafter(Drafter(self.model, prompt_ids, sampling=sampling,
                                               with_hidden=policy.needs_hidden, prefill=False,
-                                              capacity=len(prompt_ids) + request.max_tokens), self.gate)
+                                              capacity=len(prompt_ids) + request.max_tokens), self.scheduler)
             await drafter.prefill(self.limits.prefill_chunk_tokens)
         router = HybridRouter(policy, cloud(request), prompt_ids, drafter=drafter,
                               max_new_tokens=request.max_tokens, stop_ids=self.tokenizer.eos_token_ids,

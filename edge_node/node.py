@@ -7,6 +7,7 @@ import logging
 from collections import OrderedDict
 
 import grpc
+import torch
 
 from edgecloud import rpc
 from edgecloud.daemon import NodeIdentity, serve_node
@@ -57,6 +58,8 @@ class CloudChannels:
 
 
 async def serve(config: EdgeConfig) -> None:
+    if config.threads:
+        torch.set_num_threads(config.threads)
     folder = resolve_source(config.model)
     log.info("loading %s", folder)
     model = load_model(folder, dtype=parse_dtype(config.dtype))

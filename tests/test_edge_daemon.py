@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
@@ -37,12 +38,12 @@ def pair(tmp_path_factory, make_tiny_pair):
     folders = make_tiny_pair(root, (31, 32))
     with DaemonGroup(log_dir=root / "logs") as group:
         cloud = group.start("cloud", ["-m", "edgecloud.cloud_node", "--model", str(folders["llm"]), "--dtype", "fp32",
-                                      "--listen", "127.0.0.1:0", "--max-sessions", "1",
+                                      "--listen", "127.0.0.1:0", "--max-sessions", "1", "--threads", "1",
                                       "--max-window-tokens", "512"])
         edge = group.start("edge", ["-m", "edgecloud.edge_node", "--model", str(folders["slm"]), "--dtype", "fp32",
                                     "--listen", "127.0.0.1:0", "--cloud", cloud.address, "--max-tokens-limit", "64",
                                     "--max-prompt-tokens", "2048", "--max-active-requests", "24",
-                                    "--cloud-timeout-s", "5"])
+                                    "--cloud-timeout-s", "5", "--threads", "1"])
         with Client(edge.address, timeout_s=60) as client:
             yield {"client": client, "cloud": cloud, "edge": edge, "folders": folders, "logs": root / "logs"}
 
@@ -169,14 +170,14 @@ def test_concurrent_clients_share_the_slm_fairly(pair) -> None:
     assert all(ids == expected for ids, _ in results)
     latencies = sorted(s for _, s in results)
     print(f"alone {alone_s:.3f} s; 20 concurrent: median {latencies[10]:.3f} s, max {latencies[-1]:.3f} s")
-    assert latencies[10] < max(0.5, 20 * alone_s)
+    # One request at a time this would be ~20x; batched SLM steps keep it to a few times (3.2x measured
+    # here with the machine's both cores busy with other work).
+    assert latencies[10] < 4 * alone_s
 
 
 def _rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
 
 
 def test_huge_prompts_are_refused_quickly_without_memory_growth(pair) -> None:

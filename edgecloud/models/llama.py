@@ -13,6 +13,7 @@ directly. Three entry points serve the three ways edgecloud runs a model:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +92,13 @@ class AttentionMask:
         return cls(mask=causal_window_mask(num_new, past + num_new, device))
 
 
+@dataclass(frozen=True)
+class SessionCaches:
+    """The caches of B independent sessions decoded together, one new token each (row i = session i)."""
+
+    caches: tuple[KVCache, ...]
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped key/value heads (GQA) and optional q/k/v bias."""
 
@@ -109,22 +117,29 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * d, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None, attention: AttentionMask) -> torch.Tensor:
+                cache: KVCache | SessionCaches | None, attention: AttentionMask) -> torch.Tensor:
         bsz, seq, _ = x.shape  # (B, T, C)
         q = self.q_proj(x).view(bsz, seq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
         v = self.v_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
-        if cache is not None:
-            k, v = cache.append(self.layer_index, k, v)  # (B, KV, S, D)
-        y = F.scaled_dot_product_attention(
+        if isinstance(cache, SessionCaches):  # B sessions, each its own cache: attend one by one
+            y = torch.cat([self._attend(q[i:i + 1], *c.append(self.layer_index, k[i:i + 1], v[i:i + 1]), attention)
+                           for i, c in enumerate(cache.caches)])
+        else:
+            if cache is not None:
+                k, v = cache.append(self.layer_index, k, v)  # (B, KV, S, D)
+            y = self._attend(q, k, v, attention)
+        return self.o_proj(y.transpose(1, 2).reshape(bsz, seq, self.num_heads * self.head_dim))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention: AttentionMask) -> torch.Tensor:
+        return F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attention.mask,
             is_causal=attention.is_causal,
             enable_gqa=self.num_heads != self.num_kv_heads,
         )  # (B, H, T, D)
-        return self.o_proj(y.transpose(1, 2).reshape(bsz, seq, self.num_heads * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -151,7 +166,7 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None, attention: AttentionMask) -> torch.Tensor:
+                cache: KVCache | SessionCaches | None, attention: AttentionMask) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, attention)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -209,6 +224,26 @@ class LlamaModel(nn.Module):
         attention = AttentionMask.for_window(num_new, past, hidden.device)
         for layer in self.layers[start:end]:
             hidden = layer(hidden, cos, sin, cache, attention)
+        return hidden
+
+    def decode_sessions(self, tokens: Sequence[int], caches: Sequence[KVCache]) -> torch.Tensor:
+        """One new token for each of B sessions with caches of any lengths, in one forward.
+
+        The weight matmuls run once for the batch; attention runs per session on its own cache.
+        Returns the last layer's hidden states (B, 1, C); each cache grows by one token.
+        """
+        if len(tokens) != len(caches) or not tokens:
+            raise ValueError(f"{len(tokens)} tokens for {len(caches)} caches")
+        past = torch.tensor([c.length() for c in caches], device=self.device)  # (B,)
+        if int(past.max()) + 1 > self.config.max_position_embeddings:
+            raise ValueError(f"{int(past.max()) + 1} positions exceed the model's context of "
+                             f"{self.config.max_position_embeddings}")
+        hidden = self.embed(torch.tensor([[t] for t in tokens], device=self.device))  # (B, 1, C)
+        cos, sin = self.rotary(past, hidden.dtype)  # (B, D) each
+        cos, sin = cos[:, None, None, :], sin[:, None, None, :]  # (B, 1, 1, D): per-row positions
+        batch = SessionCaches(tuple(caches))
+        for layer in self.layers:
+            hidden = layer(hidden, cos, sin, batch, AttentionMask())
         return hidden
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
