@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from edgecloud.simulator.cli import app as netem_app
 
@@ -37,11 +37,19 @@ def models_list() -> None:
     """List the zoo's models and whether each is pulled."""
     from edgecloud.models import zoo
 
-    table = Table("name", "parameters", "source", "pulled", "description")
-    for spec in zoo.known_models():
-        table.add_row(spec.name, spec.params, spec.source, "yes" if zoo.is_pulled(spec.name) else "no",
-                      spec.description)
-    Console().print(table)
+    console = Console()
+    rows = [(spec.name, spec.params, spec.source, "yes" if zoo.is_pulled(spec.name) else "no", spec.description)
+            for spec in zoo.known_models()]
+    if console.is_terminal and console.width >= 120:
+        table = Table(Column("name", no_wrap=True), "parameters", "source", "pulled", "description")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    # Narrow or piped: one line per model, never cut (names are what users type), details below it.
+    for name, params, source, pulled, description in rows:
+        console.print(f"{name}  {params}, {source}, pulled: {pulled}", soft_wrap=True, highlight=False)
+        console.print(f"    {description}", soft_wrap=True, highlight=False)
 
 
 @models_app.command("pull")
