@@ -209,7 +209,15 @@ class _Pipe:
                     self.discard()
                     return
                 if transport.can_write_eof():
-                    transport.write_eof()
+                    try:
+                        transport.write_eof()
+                    except OSError as exc:
+                        # The peer reset the connection before the loop saw it (ENOTCONN from
+                        # shutdown(2), e.g. a daemon stopped at the end of a run): it is gone.
+                        log.debug("cannot half-close the %s side: %s", self.dst.role, exc)
+                        self.discard()
+                        _reset(transport)
+                        return
                 self.eof_delivered = True
                 if self.on_eof is not None:
                     self.on_eof()

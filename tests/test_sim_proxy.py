@@ -251,3 +251,55 @@ def test_stall_outage_holds_bytes_until_the_link_is_back() -> None:
         assert held == pytest.approx(400.0, abs=40.0)
 
     run(main)
+
+
+class _ResetPeer(asyncio.Transport):
+    """A socket transport whose peer reset the connection before the loop saw it: shutdown(2) fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+        self.written: list[bytes] = []
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        import errno
+
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    def write(self, data) -> None:
+        self.written.append(bytes(data))
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+
+def test_half_close_towards_a_reset_peer_is_dropped_without_a_traceback() -> None:
+    """The `OSError: [Errno 107]` of `_flush` at the end of an experiment: the EOF queued for a
+    daemon that is already gone must not escape as an unhandled callback exception."""
+    from edgecloud.simulator.proxy import _EOF, TimerLead, _Pipe, _Side
+    from edgecloud.simulator.stats import DirectionStats
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        src, dst = _Side(None, "client"), _Side(None, "upstream")  # type: ignore[arg-type]
+        dst.transport = peer = _ResetPeer()
+        pipe = _Pipe(loop, None, DirectionStats(), src, dst, TimerLead())
+        pipe.queue.append((loop.time(), b"last bytes"))
+        pipe.feed_end(_EOF)
+        await asyncio.sleep(0.05)
+        assert errors == [], errors[0].get("exception")
+        assert peer.written == [b"last bytes"] and peer.closed  # delivered what it could, then dropped
+        assert pipe.ended and not pipe.queue and not pipe.eof_delivered
+
+    run(main)
