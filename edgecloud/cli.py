@@ -11,8 +11,6 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from edgecloud.simulator.cli import app as netem_app
-
 app = typer.Typer(help="edgecloud: distributed edge-cloud collaborative inference.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
 models_app = typer.Typer(help="Pull and list models of the model zoo.", no_args_is_help=True)
@@ -313,7 +311,12 @@ def reward_train(
               f"{result['best_epoch']}, {result['train_seconds']} s); report: {report}")
 
 
-app.add_typer(netem_app, name="netem")
+@app.command(**PASS_THROUGH)
+def netem(ctx: typer.Context) -> None:
+    """Network emulation: shaping TCP proxies with a control API (`edgecloud netem --help`)."""
+    from edgecloud.simulator.cli import app as netem_app
+
+    netem_app(ctx.args, prog_name="edgecloud netem")
 
 
 def main() -> None:

@@ -61,3 +61,34 @@ def test_presets_command() -> None:
     result = CliRunner().invoke(app, ["presets"])
     assert result.exit_code == 0
     assert all(name in result.output for name in ("lan", "wifi", "4g", "5g", "3g-poor", "satellite"))
+
+
+HEAVY = ("edgecloud.simulator", "torch", "simpy", "matplotlib", "numpy", "grpc")
+
+
+def _imported_after(code: str) -> list[str]:
+    probe = (f"import sys\n{code}\n"
+             f"print(sorted({{m.split('.')[0] if m.split('.')[0] != 'edgecloud' else m for m in sys.modules}}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**os.environ, "COLUMNS": "200"}).stdout
+    modules = eval(out.strip().splitlines()[-1])  # a list of names printed by the probe
+    return [m for m in modules if m.startswith(HEAVY)]
+
+
+def test_cli_imports_no_part_until_a_command_needs_it() -> None:
+    assert _imported_after("import edgecloud.cli") == []
+    help_run = ("from typer.testing import CliRunner\nfrom edgecloud.cli import app\n"
+                "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0 and 'netem' in r.output, r.output")
+    assert _imported_after(help_run) == []
+
+
+def test_netem_runs_through_the_main_cli() -> None:
+    from edgecloud.cli import app as main_app
+
+    result = CliRunner().invoke(main_app, ["netem", "presets"])
+    assert result.exit_code == 0, result.output
+    assert "4g" in result.output and "satellite" in result.output
+    result = CliRunner().invoke(main_app, ["netem", "--help"])
+    assert result.exit_code == 0 and "serve" in result.output and "check" in result.output
+    result = CliRunner().invoke(main_app, ["netem", "check", "/nonexistent.toml"])
+    assert result.exit_code == 2
