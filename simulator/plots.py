@@ -1,8 +1,9 @@
 """Plots of an experiment run (matplotlib, Agg backend, PNG files).
 
 - ``latency.png``: each request's latency (and time to first token) against its start time,
-  failures marked, over the state of the links: rate steps (Mbit/s, solid uplink, dashed
-  downlink), one-way latency steps (ms, dotted), outages shaded, timeline events as lines.
+  failures marked; below it each request's cloud round trips per output token; below that the
+  state of the links: rate steps (Mbit/s, solid uplink, dashed downlink), one-way latency
+  steps (ms, dotted), outages shaded, timeline events as lines.
 - ``tokens.png``: tokens by source per request (edge unchecked, edge checked by the cloud, cloud).
 """
 
@@ -74,11 +75,20 @@ def _shade_and_mark(axes: Sequence[Any], link_log: Sequence[dict[str, Any]], end
                          rotation=90, va="top", ha="right", fontsize=7, color="0.3")
 
 
-def plot_latency(records: Sequence[dict[str, Any]], link_log: Sequence[dict[str, Any]], path: Path,
-                 *, title: str = "") -> Path:
+ROUND_TRIPS_LABEL = "cloud round trips per token"
+
+
+def round_trips_per_token(record: dict[str, Any]) -> float | None:
+    """A request's cloud round trips over its output tokens (None without output)."""
+    tokens = record.get("output_tokens") or 0
+    return record["cloud_round_trips"] / tokens if tokens else None
+
+
+def latency_figure(records: Sequence[dict[str, Any]], link_log: Sequence[dict[str, Any]], *, title: str = ""):
+    """The figure of ``latency.png`` (axes: latency, round trips per token, link state)."""
     plt = _pyplot()
     end_s = _end_s(records, link_log)
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(11, 7), height_ratios=(2, 1))
+    fig, (top, middle, bottom) = plt.subplots(3, 1, sharex=True, figsize=(11, 9), height_ratios=(2, 1, 1))
     edges = sorted({r["edge"] for r in records})
     for edge in edges:
         ok = [r for r in records if r["edge"] == edge and r["status"] == "OK"]
@@ -93,6 +103,14 @@ def plot_latency(records: Sequence[dict[str, Any]], link_log: Sequence[dict[str,
                  mew=2, label=f"failed ({statuses})")
     top.set_ylabel("seconds")
     top.set_title(title or "latency over time")
+    for edge in edges:
+        ok = [(r["start_s"], round_trips_per_token(r)) for r in records if r["edge"] == edge and r["status"] == "OK"]
+        ok = [(t, v) for t, v in ok if v is not None]
+        middle.plot([t for t, _ in ok], [v for _, v in ok], "o", label=edge)
+    middle.set_ylabel(ROUND_TRIPS_LABEL)
+    middle.set_ylim(bottom=0)
+    if edges:
+        middle.legend(fontsize=7, loc="upper left")
     rate_ax, latency_ax = bottom, bottom.twinx()
     ups, downs = link_steps(link_log, "uplink_rate_mbps"), link_steps(link_log, "downlink_rate_mbps")
     up_ms, down_ms = link_steps(link_log, "uplink_latency_ms"), link_steps(link_log, "downlink_latency_ms")
@@ -109,13 +127,20 @@ def plot_latency(records: Sequence[dict[str, Any]], link_log: Sequence[dict[str,
     latency_ax.set_ylim(bottom=0)
     bottom.set_xlabel("seconds since the workload started")
     bottom.set_xlim(0, end_s * 1.02)
-    _shade_and_mark([top, bottom], link_log, end_s)
+    _shade_and_mark([top, middle, bottom], link_log, end_s)
     top.legend(fontsize=7, loc="upper left")
     handles = rate_ax.get_legend_handles_labels()
     more = latency_ax.get_legend_handles_labels()
     if handles[0] or more[0]:
         rate_ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7, loc="upper left")
     fig.tight_layout()
+    return fig
+
+
+def plot_latency(records: Sequence[dict[str, Any]], link_log: Sequence[dict[str, Any]], path: Path,
+                 *, title: str = "") -> Path:
+    plt = _pyplot()
+    fig = latency_figure(records, link_log, title=title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
