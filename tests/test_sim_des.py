@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from edgecloud.simulator.des.__main__ import main as des_main
-from edgecloud.simulator.des.config import ComputeProfile, fleet_experiment_from_dict, load_fleet_experiment
+from edgecloud.simulator.des.compute import FORMAT, SHIPPED_PROFILE, ForwardCost, load_compute_profile
+from edgecloud.simulator.des.config import (
+    ComputeProfile,
+    FleetConfig,
+    fleet_experiment_from_dict,
+    load_fleet_experiment,
+)
 from edgecloud.simulator.des.fleet import run_fleet
 from edgecloud.simulator.des.replay import WireProfile, build_patterns
 from edgecloud.simulator.des.traces import TokenTrace, TraceSet, load_traces, save_traces, synthetic_traces
@@ -39,6 +45,9 @@ def setup(policy: str = "entropy", *, threshold: float | None = None, cloud_shar
 
 
 TRACES = synthetic_traces(count=12, max_tokens=48, seed=5)
+# Hand-made costs of a batched cloud, for the tests of queueing dynamics (independent of the shipped profile).
+BATCHED = {"edge_s_per_token": 0.086, "edge_s_per_extra_token": 0.002, "cloud_s_per_forward": [[1, 0.224], [8, 0.4]],
+           "cloud_s_per_extra_token": 0.002}
 
 
 def comparable(report) -> dict:
@@ -75,7 +84,7 @@ def test_llm_only_routes_every_token_through_the_cloud() -> None:
 
 
 def test_higher_arrival_rate_means_longer_cloud_queues() -> None:
-    exp = setup("speculative", fleet={"cloud_max_batch": 4})
+    exp = setup("speculative", fleet={"cloud_max_batch": 4, **BATCHED})
     delays = [run_fleet(exp, devices=200, requests=400, traces=TRACES, request_rate_per_s=rate).cloud.queue_delay_s
               for rate in (0.5, 4.0, 20.0)]
     assert delays[0].mean < delays[1].mean < delays[2].mean
@@ -83,7 +92,7 @@ def test_higher_arrival_rate_means_longer_cloud_queues() -> None:
 
 
 def test_cloud_capacity_bottleneck_shows_as_full_utilisation() -> None:
-    exp = setup("speculative", fleet={"cloud_max_batch": 2})
+    exp = setup("speculative", fleet={"cloud_max_batch": 2, **BATCHED})
     light = run_fleet(exp, devices=100, requests=100, traces=TRACES, request_rate_per_s=0.05)
     heavy = run_fleet(exp, devices=100, requests=500, traces=TRACES, request_rate_per_s=50.0)
     assert light.cloud.utilisation < 0.3
@@ -91,7 +100,7 @@ def test_cloud_capacity_bottleneck_shows_as_full_utilisation() -> None:
     assert heavy.cloud.mean_batch > 1.5
     assert heavy.cloud.queue_delay_s.p50 > 10 * light.cloud.queue_delay_s.p50
     assert heavy.tokens_per_s.p50 < light.tokens_per_s.p50
-    more = run_fleet(setup("speculative", fleet={"cloud_max_batch": 2, "cloud_replicas": 4}), devices=100,
+    more = run_fleet(setup("speculative", fleet={"cloud_max_batch": 2, "cloud_replicas": 4, **BATCHED}), devices=100,
                      requests=500, traces=TRACES, request_rate_per_s=50.0)
     assert more.cloud.queue_delay_s.p50 < heavy.cloud.queue_delay_s.p50
 
@@ -106,8 +115,8 @@ def test_single_request_latency_equals_the_analytic_sum() -> None:
     latency_s, up_mbps, down_mbps, burst = 0.020, 2.0, 8.0, 1
     link = {"latency_ms": latency_s * 1e3, "uplink": {"rate_mbps": up_mbps}, "downlink": {"rate_mbps": down_mbps},
             "burst_bytes": burst}
-    compute = ComputeProfile(edge_s_per_token=0.05, edge_s_per_extra_token=0.002,
-                             cloud_s_per_forward=((1, 0.2), (8, 0.5)), cloud_s_per_extra_token=0.01)
+    compute = ComputeProfile.linear(edge_s_per_token=0.05, edge_s_per_extra_token=0.002,
+                                    cloud_s_per_forward=((1, 0.2), (8, 0.5)), cloud_s_per_extra_token=0.01)
     wire = WireProfile()
     exp = setup("entropy", threshold=0.5, link=link, max_new=20)
     traces = agreeing_trace()
@@ -132,8 +141,8 @@ def test_single_request_latency_equals_the_analytic_sum() -> None:
 
 def test_scheduled_outage_delays_the_request() -> None:
     traces = agreeing_trace()
-    base = run_fleet(setup("entropy", threshold=0.5, max_new=20), devices=1, requests=1, traces=traces)
-    cut = run_fleet(setup("entropy", threshold=0.5, max_new=20, timeline=[{"at_s": 0, "link": "e0-cloud",
+    base = run_fleet(setup("entropy", threshold=0.5, max_new=20, fleet=BATCHED), devices=1, requests=1, traces=traces)
+    cut = run_fleet(setup("entropy", threshold=0.5, max_new=20, fleet=BATCHED, timeline=[{"at_s": 0, "link": "e0-cloud",
                                                                           "outage_s": 5.0}]),
                     devices=1, requests=1, traces=traces)
     assert cut.latency_s.max > base.latency_s.max + 3.0
@@ -199,12 +208,93 @@ cloud_s_per_forward = [[1, 0.1], [4, 0.2]]
     ({"bogus": 1}, "fleet.bogus"),
     ({"cloud_s_per_forward": [[4, 0.1], [2, 0.2]]}, "fleet.cloud_s_per_forward"),
     ({"edge_s_per_token": -1}, "fleet.edge_s_per_token"),
+    ({"cloud_batching": "free"}, "fleet.cloud_batching"),
+    ({"compute_profile": 3}, "fleet.compute_profile"),
+    ({"compute_profile": "/nonexistent/profile.json"}, "fleet.compute_profile"),
     ({"wire": {"bytes_per_tokn": 3}}, "fleet.wire.bytes_per_tokn"),
 ])
 def test_bad_fleet_values_name_the_key(fleet: dict, where: str) -> None:
     with pytest.raises(ConfigError) as info:
         setup(fleet=fleet)
     assert info.value.key == where
+
+
+def test_default_compute_is_the_shipped_measured_profile_with_a_serial_cloud() -> None:
+    compute = FleetConfig().compute
+    assert SHIPPED_PROFILE.is_file() and compute.source == str(SHIPPED_PROFILE)
+    shipped = load_compute_profile(SHIPPED_PROFILE)
+    assert compute.cloud_batching == "serial" and compute.cloud == shipped.cloud and compute.edge == shipped.edge
+    for side in (compute.edge, compute.cloud):
+        assert side.batches[0] == 1
+        assert side.seconds(1, 64) > 4 * side.seconds(1, 1)  # extra tokens do not come free on a CPU
+        if len(side.batches) > 1:
+            assert side.seconds(4, 1) > 1.5 * side.seconds(1, 1)  # nor does a larger batch
+    if len(compute.cloud.batches) == 1:  # batching would be free: refused
+        with pytest.raises(ConfigError, match="batched needs"):
+            setup(fleet={"cloud_batching": "batched"})
+
+
+def test_serial_cloud_runs_one_round_trip_per_forward_and_batching_is_only_a_what_if(tmp_path) -> None:
+    points = [[1, 1, 0.1], [1, 64, 1.0], [4, 1, 0.15], [4, 64, 3.0]]
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"format": FORMAT, "edge": {"points": [[1, 1, 0.01], [1, 64, 0.1]]},
+                                "cloud": {"points": points}}))
+    traces = agreeing_trace()
+    runs = {}
+    for batching in ("serial", "batched"):
+        exp = setup("llm-only", rate=1000.0, max_new=20, arrival="constant",
+                    fleet={"compute_profile": str(path), "cloud_batching": batching, "cloud_max_batch": 4})
+        runs[batching] = run_fleet(exp, devices=8, requests=8, traces=traces)
+    serial, batched = runs["serial"], runs["batched"]
+    assert serial.cloud.batches == serial.cloud.round_trips == serial.round_trips  # never two in one forward
+    assert serial.cloud.max_batch == 1 and batched.cloud.max_batch == 4
+    assert batched.cloud.batches < batched.cloud.round_trips
+    # 8 requests arrive at once: serial makes them queue; a batched cloud serves 4 per forward.
+    assert serial.cloud.busy_s > batched.cloud.busy_s
+    assert serial.latency_s.max > batched.latency_s.max
+    assert any("cloud batching serial" in note for note in serial.notes)
+
+
+def test_forward_cost_grid_interpolates_and_extrapolates_linearly() -> None:
+    cost = ForwardCost(((1, 1, 0.1), (1, 9, 0.5), (4, 1, 0.2), (4, 9, 1.4)))
+    assert cost.seconds(1, 1) == pytest.approx(0.1)
+    assert cost.seconds(1, 5) == pytest.approx(0.3)
+    assert cost.seconds(1, 17) == pytest.approx(0.9)  # along the last segment
+    assert cost.seconds(2, 1) == pytest.approx(0.1 + 0.1 / 3)
+    assert cost.seconds(8, 1) == pytest.approx(0.2 + 0.1 * 4 / 3)
+    with pytest.raises(ConfigError, match="given twice"):
+        ForwardCost(((1, 1, 0.1), (1, 1, 0.2)))
+
+
+def test_compute_profile_file_is_read_relative_to_the_experiment(tmp_path) -> None:
+    (tmp_path / "p.json").write_text(json.dumps({"format": FORMAT, "cloud_batching": "batched",
+                                                 "edge": {"points": [[1, 1, 0.02]]},
+                                                 "cloud": {"points": [[1, 1, 0.3], [2, 1, 0.4]]}}))
+    (tmp_path / "exp.toml").write_text('name = "p"\n[[edges]]\nname = "e0"\nthreshold = 0.5\n'
+                                       '[workload]\nprompts = ["x"]\nrequest_rate_per_s = 1\nduration_s = 1\n'
+                                       '[fleet]\ncompute_profile = "p.json"\n')
+    compute = load_fleet_experiment(tmp_path / "exp.toml").fleet.compute
+    assert compute.cloud_batching == "batched" and compute.cloud_forward_s(2) == pytest.approx(0.4)
+    assert compute.edge_burst_s(3, 3) == pytest.approx(0.06)
+    (tmp_path / "p.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ConfigError, match="not a compute profile"):
+        load_fleet_experiment(tmp_path / "exp.toml")
+    (tmp_path / "p.json").write_text(json.dumps({"format": FORMAT, "edge": {"points": [[1, 0, 0.1]]},
+                                                 "cloud": {"points": [[1, 1, 0.1]]}}))
+    with pytest.raises(ConfigError, match="tokens must be an integer") as info:
+        load_fleet_experiment(tmp_path / "exp.toml")
+    assert "compute_profile.edge.points.0" in str(info.value)
+
+
+def test_the_recorder_measures_a_compute_profile(slm) -> None:
+    from edgecloud.simulator.des.compute import measure_forward_cost, profile_grid
+
+    grid = profile_grid((1, 2), (1, 4), max_batch_tokens=4)
+    assert grid == [(1, 1), (1, 4), (2, 1)]
+    points = measure_forward_cost(slm, grid, context=8, repeats=2, head_rows=1, log=lambda _: None)
+    assert [p[:2] for p in points] == [[1, 1], [1, 4], [2, 1]] and all(p[2] > 0 for p in points)
+    cost = ForwardCost(tuple(tuple(p) for p in points))
+    assert cost.seconds(1, 2) > 0
 
 
 def test_bad_input_gets_clear_errors(tmp_path, capsys) -> None:

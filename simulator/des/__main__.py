@@ -30,9 +30,13 @@ def parser() -> argparse.ArgumentParser:
                    "recording, else synthetic)")
     p.add_argument("--cloud-replicas", type=int, help="cloud batch servers")
     p.add_argument("--cloud-max-batch", type=int, help="round trips per cloud batch")
-    p.add_argument("--edge-s-per-token", type=float, help="edge seconds per forward")
+    p.add_argument("--compute-profile", help="measured compute profile file (default: [fleet].compute_profile, "
+                   "else the shipped one; see python -m edgecloud.simulator.des.record --compute-profile)")
+    p.add_argument("--cloud-batching", choices=("serial", "batched"), help="serial: one round trip per cloud "
+                   "forward (the CPU cloud); batched: up to --cloud-max-batch in one padded forward")
+    p.add_argument("--edge-s-per-token", type=float, help="edge seconds per forward (replaces the profile's edge)")
     p.add_argument("--cloud-s-per-forward", type=_pairs, help="cloud seconds per forward by batch size, "
-                   "e.g. 1:0.224,8:0.4")
+                   "e.g. 1:0.224,8:0.4 (replaces the profile's cloud)")
     p.add_argument("--json", dest="json_out", help="write the report as JSON here")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
@@ -42,17 +46,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from dataclasses import replace
 
-    from edgecloud.simulator.des.config import load_fleet_experiment
+    from edgecloud.simulator.des.config import (
+        ComputeProfile,
+        _cloud_linear,
+        _edge_linear,
+        default_compute,
+        load_fleet_experiment,
+    )
     from edgecloud.simulator.des.fleet import run_fleet
     from edgecloud.simulator.errors import ConfigError
 
     try:
         setup = load_fleet_experiment(args.experiment)
-        compute = setup.fleet.compute
+        compute: ComputeProfile = setup.fleet.compute
+        if args.compute_profile is not None:
+            compute = default_compute(args.compute_profile)
         if args.edge_s_per_token is not None:
-            compute = replace(compute, edge_s_per_token=args.edge_s_per_token)
+            compute = replace(compute, edge=_edge_linear(args.edge_s_per_token, 0.0), source="command line")
         if args.cloud_s_per_forward is not None:
-            compute = replace(compute, cloud_s_per_forward=args.cloud_s_per_forward)
+            cloud = _cloud_linear(args.cloud_s_per_forward, 0.0)
+            compute = replace(compute, cloud=cloud, source="command line",
+                              cloud_batching="batched" if any(b > 1 for b in cloud.batches) else "serial")
+        if args.cloud_batching is not None:
+            compute = replace(compute, cloud_batching=args.cloud_batching)
         setup = setup.with_overrides(traces=args.traces)
         report = run_fleet(setup, devices=args.devices, requests=args.requests, seed=args.seed,
                            request_rate_per_s=args.request_rate_per_s, compute=compute,

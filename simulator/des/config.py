@@ -10,9 +10,13 @@ An experiment file for ``edgecloud simulate --des`` is an ordinary experiment pl
     traces = "traces.json"         # recorded SLM features ("synthetic": made up; default: the
                                    # shipped recording if present, else synthetic, labelled so)
     cloud_replicas = 4             # cloud servers, each running one batch at a time
-    cloud_max_batch = 32           # round trips verified together in one batch
-    edge_s_per_token = 0.086
-    cloud_s_per_forward = [[1, 0.224], [8, 0.40]]   # (batch size, seconds), linear in between
+    compute_profile = "profile.json"   # measured seconds per forward by batch size and tokens
+                                   # (default: the shipped profile of this project's 2-core CPU)
+    cloud_batching = "batched"     # default: the profile's ("serial": one round trip per forward)
+    cloud_max_batch = 32           # round trips verified together in one batch (batched only)
+    # or costs by hand, each replacing that side of the profile:
+    # edge_s_per_token = 0.086; edge_s_per_extra_token = 0.05
+    # cloud_s_per_forward = [[1, 0.224], [8, 0.40]]   # (batch size, seconds), linear in between
     wire = { up_overhead_bytes = 100 }
 
 Both keys are removed before the rest is validated as an experiment, so errors elsewhere read
@@ -21,21 +25,27 @@ as they do for ``edgecloud simulate``.
 
 from __future__ import annotations
 
-import itertools
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from edgecloud.simulator.des.compute import (
+    BATCHING,
+    SHIPPED_PROFILE,
+    ForwardCost,
+    MeasuredProfile,
+    load_compute_profile,
+)
 from edgecloud.simulator.des.replay import WireProfile
 from edgecloud.simulator.errors import ConfigError
 from edgecloud.simulator.experiment import Experiment, experiment_from_dict
 
-# Measured on this project's 2-core CPU machine (bf16, plain PyTorch runtime, batch 1;
-# benchmarks/decode_speed.py -> benchmarks/results/decode_speed.json):
-# Qwen2.5-Coder-0.5B-Instruct decodes 11.7 tok/s => 0.086 s per forward;
-# Qwen2.5-Coder-1.5B-Instruct decodes 4.46 tok/s => 0.224 s per forward.
+# Used only when the shipped compute profile file is missing (a stripped install): the batch-1
+# decode speeds of benchmarks/decode_speed.py on this project's 2-core CPU machine (bf16):
+# Qwen2.5-Coder-0.5B-Instruct 11.7 tok/s => 0.086 s per forward; 1.5B 4.46 tok/s => 0.224 s.
 MEASURED_EDGE_S_PER_TOKEN = 0.086
 MEASURED_CLOUD_S_PER_FORWARD = 0.224
 
@@ -56,58 +66,101 @@ def _count(key: tuple[str, ...], value: Any, low: int = 1) -> int:
 
 @dataclass(frozen=True)
 class ComputeProfile:
-    """Per-token compute times. One forward (a decode step) costs ``*_s_per_token`` (edge) or
-    ``cloud_s_per_forward`` at the batch's size; each further token in the same forward (a prompt
-    prefill, a verification window, the tokens fed after a rollback) adds ``*_s_per_extra_token``.
-    A cloud batch of B round trips carrying T tokens in all costs
-    ``cloud_s_per_forward(B) + cloud_s_per_extra_token × (T - B)``."""
+    """Forward costs of the edge and the cloud (``ForwardCost``: seconds by batch size and tokens).
 
-    edge_s_per_token: float = MEASURED_EDGE_S_PER_TOKEN
-    edge_s_per_extra_token: float = 0.0
-    cloud_s_per_forward: tuple[tuple[int, float], ...] = ((1, MEASURED_CLOUD_S_PER_FORWARD),)
-    cloud_s_per_extra_token: float = 0.0
+    An edge burst of F forwards carrying T tokens is F - 1 single-token forwards plus one of
+    T - F + 1 tokens (a prompt prefill or the tokens fed after a rollback). The cloud runs one
+    round trip's context + window as one forward: ``serial`` batching (the CPU cloud daemon) runs
+    round trips one at a time at batch 1; ``batched`` takes up to ``cloud_max_batch`` together in
+    one padded forward of (batch, longest round trip).
+    """
+
+    edge: ForwardCost
+    cloud: ForwardCost
+    cloud_batching: str = "serial"
+    source: str = ""
 
     def __post_init__(self) -> None:
-        _positive(("fleet", "edge_s_per_token"), self.edge_s_per_token, zero_ok=True)
-        _positive(("fleet", "edge_s_per_extra_token"), self.edge_s_per_extra_token, zero_ok=True)
-        _positive(("fleet", "cloud_s_per_extra_token"), self.cloud_s_per_extra_token, zero_ok=True)
-        key = ("fleet", "cloud_s_per_forward")
-        table = self.cloud_s_per_forward
-        if not isinstance(table, tuple) or not table:
-            raise ConfigError(key, "must be a non-empty list of [batch_size, seconds] pairs")
-        last = 0
-        for index, pair in enumerate(table):
-            if not isinstance(pair, tuple) or len(pair) != 2:
-                raise ConfigError((*key, str(index)), f"must be a [batch_size, seconds] pair, got {pair!r}")
-            batch = _count((*key, str(index)), pair[0])
-            _positive((*key, str(index)), pair[1], zero_ok=True)
-            if batch <= last:
-                raise ConfigError(key, "batch sizes must increase")
-            last = batch
+        if self.cloud_batching not in BATCHING:
+            raise ConfigError(("fleet", "cloud_batching"),
+                              f"must be one of {', '.join(BATCHING)}, got {self.cloud_batching!r}")
 
-    def cloud_forward_s(self, batch: int) -> float:
-        """Seconds for one forward of ``batch`` sequences: linear between the table's points,
-        constant below the first, extended along the last segment above the last (a table of one
-        point: the same for every batch size)."""
-        table = self.cloud_s_per_forward
-        if batch <= table[0][0] or len(table) == 1:
-            return table[0][1]
-        for (b0, s0), (b1, s1) in itertools.pairwise(table):
-            if batch <= b1:
-                return s0 + (s1 - s0) * (batch - b0) / (b1 - b0)
-        (b0, s0), (b1, s1) = table[-2], table[-1]
-        return s1 + (s1 - s0) * (batch - b1) / (b1 - b0)
+    @property
+    def serial(self) -> bool:
+        return self.cloud_batching == "serial"
 
-    def cloud_batch_s(self, batch: int, tokens: int) -> float:
-        return self.cloud_forward_s(batch) + self.cloud_s_per_extra_token * max(0, tokens - batch)
+    @classmethod
+    def linear(cls, edge_s_per_token: float = MEASURED_EDGE_S_PER_TOKEN, edge_s_per_extra_token: float = 0.0,
+               cloud_s_per_forward: tuple[tuple[int, float], ...] = ((1, MEASURED_CLOUD_S_PER_FORWARD),),
+               cloud_s_per_extra_token: float = 0.0, *, cloud_batching: str | None = None,
+               source: str = "linear") -> ComputeProfile:
+        """Made-up-by-hand costs: a forward costs ``*_s_per_forward`` (by batch size, linear in between)
+        plus ``*_s_per_extra_token`` per token beyond one per sequence. A table with batch sizes above 1
+        means ``batched`` unless ``cloud_batching`` says otherwise."""
+        return cls(_edge_linear(edge_s_per_token, edge_s_per_extra_token),
+                   _cloud_linear(cloud_s_per_forward, cloud_s_per_extra_token),
+                   cloud_batching or ("batched" if any(b > 1 for b, _ in cloud_s_per_forward) else "serial"),
+                   source)
+
+    def cloud_forward_s(self, batch: int, tokens: int = 1) -> float:
+        """Seconds of one cloud forward of ``batch`` sequences of ``tokens`` tokens each."""
+        return self.cloud.seconds(batch, tokens)
+
+    def cloud_batch_s(self, batch: int, longest: int) -> float:
+        """Seconds to verify ``batch`` round trips taken together, the longest carrying ``longest`` tokens
+        (serial batching only ever takes one)."""
+        return self.cloud.seconds(batch, longest)
 
     def edge_burst_s(self, forwards: int, tokens: int) -> float:
-        return self.edge_s_per_token * forwards + self.edge_s_per_extra_token * max(0, tokens - forwards)
+        if forwards <= 0:
+            return 0.0
+        return (forwards - 1) * self.edge.seconds(1, 1) + self.edge.seconds(1, max(1, tokens - forwards + 1))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"edge_s_per_token": self.edge_s_per_token, "edge_s_per_extra_token": self.edge_s_per_extra_token,
-                "cloud_s_per_forward": [list(p) for p in self.cloud_s_per_forward],
-                "cloud_s_per_extra_token": self.cloud_s_per_extra_token}
+        return {"source": self.source, "cloud_batching": self.cloud_batching, "edge": self.edge.to_dict(),
+                "cloud": self.cloud.to_dict()}
+
+
+def _edge_linear(s_per_token: float, s_per_extra_token: float) -> ForwardCost:
+    _positive(("fleet", "edge_s_per_token"), s_per_token, zero_ok=True)
+    _positive(("fleet", "edge_s_per_extra_token"), s_per_extra_token, zero_ok=True)
+    return ForwardCost.linear(float(s_per_token), float(s_per_extra_token), model="edge_s_per_token")
+
+
+def _cloud_linear(table: Any, s_per_extra_token: float) -> ForwardCost:
+    key = ("fleet", "cloud_s_per_forward")
+    _positive(("fleet", "cloud_s_per_extra_token"), s_per_extra_token, zero_ok=True)
+    if not isinstance(table, tuple) or not table:
+        raise ConfigError(key, "must be a non-empty list of [batch_size, seconds] pairs")
+    last = 0
+    points: list[tuple[int, int, float]] = []
+    for index, pair in enumerate(table):
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise ConfigError((*key, str(index)), f"must be a [batch_size, seconds] pair, got {pair!r}")
+        batch = _count((*key, str(index)), pair[0])
+        seconds = _positive((*key, str(index)), pair[1], zero_ok=True)
+        if batch <= last:
+            raise ConfigError(key, "batch sizes must increase")
+        last = batch
+        points += [(batch, 1, seconds), (batch, 2, seconds + float(s_per_extra_token))]
+    return ForwardCost(tuple(points), "cloud_s_per_forward")
+
+
+@functools.cache
+def _shipped_profile() -> MeasuredProfile | None:
+    return load_compute_profile(SHIPPED_PROFILE) if SHIPPED_PROFILE.is_file() else None
+
+
+def default_compute(path: str | Path | None = None) -> ComputeProfile:
+    """The compute profile file at ``path``; else the measured profile shipped with the package; else
+    the batch-1 decode speeds measured by benchmarks/decode_speed.py (serial cloud, extra tokens at a
+    decode step's cost each — never free)."""
+    measured = load_compute_profile(path) if path is not None else _shipped_profile()
+    if measured is None:
+        return ComputeProfile.linear(MEASURED_EDGE_S_PER_TOKEN, MEASURED_EDGE_S_PER_TOKEN,
+                                     ((1, MEASURED_CLOUD_S_PER_FORWARD),), MEASURED_CLOUD_S_PER_FORWARD,
+                                     source="decode_speed.json batch-1 decode (no profile file)")
+    return ComputeProfile(measured.edge, measured.cloud, measured.cloud_batching, measured.source)
 
 
 @dataclass(frozen=True)
@@ -127,7 +180,7 @@ class FleetConfig:
     cloud_replicas: int = 1
     cloud_max_batch: int = 8
     policy_seeds: int = 4
-    compute: ComputeProfile = field(default_factory=ComputeProfile)
+    compute: ComputeProfile = field(default_factory=default_compute)
     wire: WireProfile = field(default_factory=WireProfile)
 
     def __post_init__(self) -> None:
@@ -142,8 +195,46 @@ class FleetConfig:
         _count(("fleet", "policy_seeds"), self.policy_seeds)
 
 
-_COMPUTE_KEYS = {f.name for f in fields(ComputeProfile)}
+_LINEAR_KEYS = ("edge_s_per_token", "edge_s_per_extra_token", "cloud_s_per_forward", "cloud_s_per_extra_token")
+_COMPUTE_KEYS = {*_LINEAR_KEYS, "compute_profile", "cloud_batching"}
 _FLEET_KEYS = {f.name for f in fields(FleetConfig)} - {"compute"} | _COMPUTE_KEYS
+
+
+def compute_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None) -> ComputeProfile:
+    """The compute model of a ``[fleet]`` table: ``compute_profile`` (a file; default: the shipped
+    measured profile), ``cloud_batching`` over the profile's, and hand-made linear costs
+    (``edge_s_per_token`` & ``edge_s_per_extra_token``; ``cloud_s_per_forward`` & ``cloud_s_per_extra_token``)
+    each replacing that side of the profile."""
+    path = data.get("compute_profile")
+    if path is not None:
+        if not isinstance(path, str) or not path:
+            raise ConfigError(("fleet", "compute_profile"), f"must be a path string, got {path!r}")
+        if base_dir is not None and not Path(path).is_absolute():
+            path = str(base_dir / path)
+    try:
+        compute = default_compute(path)
+    except ConfigError as exc:
+        raise exc.prefixed(("fleet",)) from None
+    edge, cloud = compute.edge, compute.cloud
+    if "edge_s_per_token" in data or "edge_s_per_extra_token" in data:
+        edge = _edge_linear(data.get("edge_s_per_token", MEASURED_EDGE_S_PER_TOKEN),
+                            data.get("edge_s_per_extra_token", 0.0))
+    batching = data.get("cloud_batching", compute.cloud_batching)
+    if "cloud_s_per_forward" in data or "cloud_s_per_extra_token" in data:
+        raw = data.get("cloud_s_per_forward", [[1, MEASURED_CLOUD_S_PER_FORWARD]])
+        if not isinstance(raw, list | tuple):
+            raise ConfigError(("fleet", "cloud_s_per_forward"), "must be a list of [batch_size, seconds] pairs")
+        table = tuple(tuple(p) if isinstance(p, list) else p for p in raw)
+        cloud = _cloud_linear(table, data.get("cloud_s_per_extra_token", 0.0))
+        if "cloud_batching" not in data:
+            batching = "batched" if any(b > 1 for b in cloud.batches) else "serial"
+    if batching == "serial" and cloud.batches[0] != 1:
+        raise ConfigError(("fleet", "cloud_batching"), "serial batching needs the cloud's batch-1 costs")
+    if batching == "batched" and len(cloud.batches) < 2:
+        raise ConfigError(("fleet", "cloud_batching"), "batched needs the cloud's costs at batch sizes above 1 "
+                          "(the profile has one batch size; a batch would cost what one sequence costs)")
+    source = compute.source if (edge, cloud) == (compute.edge, compute.cloud) else "[fleet] table"
+    return ComputeProfile(edge, cloud, batching, source)
 
 
 def fleet_from_dict(data: Any, *, base_dir: Path | None = None) -> FleetConfig:
@@ -153,12 +244,7 @@ def fleet_from_dict(data: Any, *, base_dir: Path | None = None) -> FleetConfig:
     for name in data:
         if name not in _FLEET_KEYS:
             raise ConfigError(("fleet", name), f"unknown key; expected one of {', '.join(sorted(_FLEET_KEYS))}")
-    compute = {k: v for k, v in data.items() if k in _COMPUTE_KEYS}
-    if "cloud_s_per_forward" in compute:
-        raw = compute["cloud_s_per_forward"]
-        if not isinstance(raw, list):
-            raise ConfigError(("fleet", "cloud_s_per_forward"), "must be a list of [batch_size, seconds] pairs")
-        compute["cloud_s_per_forward"] = tuple(tuple(p) if isinstance(p, list) else p for p in raw)
+    compute = compute_from_dict(data, base_dir=base_dir)
     rest = {k: v for k, v in data.items() if k not in _COMPUTE_KEYS}
     wire = rest.pop("wire", {})
     if not isinstance(wire, Mapping):
@@ -174,7 +260,7 @@ def fleet_from_dict(data: Any, *, base_dir: Path | None = None) -> FleetConfig:
         path = Path(traces)
         if traces != "synthetic" and base_dir is not None and not path.is_absolute():
             rest["traces"] = str(base_dir / path)
-    return FleetConfig(**rest, compute=ComputeProfile(**compute), wire=WireProfile(**wire))
+    return FleetConfig(**rest, compute=compute, wire=WireProfile(**wire))
 
 
 @dataclass(frozen=True)

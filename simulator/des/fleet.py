@@ -189,12 +189,15 @@ def _report(experiment: Experiment, setup: FleetExperiment, seed: int, traces: T
             float(cloud_tokens[mask].sum() / total) if total else 0.0,
             float(round_trips[mask].sum() / total) if total else 0.0, Percentiles.of(speed[mask & finite])))
     total_tokens = tokens.sum()
-    load = CloudLoad(fleet.cloud_replicas, fleet.cloud_max_batch,
+    load = CloudLoad(fleet.cloud_replicas, cloud.max_batch,
                      cloud.busy_s / (fleet.cloud_replicas * simulated_s) if simulated_s > 0 else 0.0,
                      cloud.busy_s, cloud.batches, cloud.round_trips,
                      cloud.round_trips / cloud.batches if cloud.batches else 0.0,
                      cloud.mean_queued(simulated_s), Percentiles.of(np.frombuffer(rec.cloud_wait, dtype=float)))
-    notes = ["round-trip granularity: one event per edge burst + uplink, per cloud batch, per downlink + burst",
+    compute = fleet.compute
+    notes = [f"compute: {compute.source or 'given'}; cloud batching {compute.cloud_batching}"
+             + (" (one round trip per forward, cloud_max_batch unused)" if compute.serial else ""),
+             "round-trip granularity: one event per edge burst + uplink, per cloud batch, per downlink + burst",
              "positions follow each trace's recorded reference continuation (the LLM's output)",
              "outages of mode 'reset' are simulated as 'stall' (bytes wait for the link)"]
     if traces.synthetic:

@@ -7,7 +7,9 @@ downlink transfer plus the next edge burst are the next timeout. Token counts, w
 accepted counts come from the real router's ``RoundTripPattern``.
 
 Cloud: ``replicas`` servers share one FIFO queue of round trips; an idle server takes up to
-``max_batch`` of them at once and holds them for ``ComputeProfile.cloud_batch_s``.
+``max_batch`` of them at once (1 with ``serial`` batching: the CPU cloud runs one round trip's
+forward at a time) and holds them for ``ComputeProfile.cloud_batch_s`` of (batch size, the
+longest round trip's tokens).
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from edgecloud.simulator.link_model import Delivery, DirectionModel, LinkModel
 class _Batch:
     """Round trips verified in one cloud forward; they all wait on ``done``."""
 
-    __slots__ = ("done", "size", "start", "tokens")
+    __slots__ = ("done", "longest", "size", "start", "tokens")
 
     def __init__(self, env: simpy.Environment) -> None:
         self.done = env.event()
         self.size = 0
         self.tokens = 0
+        self.longest = 0
         self.start = 0.0
 
 
@@ -43,7 +46,7 @@ class CloudServer:
     def __init__(self, env: simpy.Environment, compute: ComputeProfile, *, replicas: int, max_batch: int) -> None:
         self.env = env
         self.compute = compute
-        self.max_batch = max_batch
+        self.max_batch = 1 if compute.serial else max_batch
         self.queue: deque[_Batch] = deque()
         self._idle: list[simpy.Event] = []
         self.busy_s = 0.0
@@ -71,6 +74,8 @@ class CloudServer:
             queue.append(batch)
         batch.size += 1
         batch.tokens += tokens
+        if tokens > batch.longest:
+            batch.longest = tokens
         self._count_queue(1)
         if self._idle:
             self.wakes += 1
@@ -88,7 +93,7 @@ class CloudServer:
             batch = self.queue.popleft()
             self._count_queue(-batch.size)
             batch.start = env.now
-            busy = self.compute.cloud_batch_s(batch.size, batch.tokens)
+            busy = self.compute.cloud_batch_s(batch.size, batch.longest)
             self.busy_s += busy
             self.batches += 1
             self.round_trips += batch.size
