@@ -126,3 +126,39 @@ def test_cli_check(tmp_path: Path) -> None:
     links.write_text('[links.a]\nlisten = "127.0.0.1:0"\nupstream = "127.0.0.1:1"\npreset = "lan"\n')
     result = runner.invoke(app, ["check", str(links)])
     assert result.exit_code == 0 and "1 links: a" in result.output
+
+
+def test_bandwidth_drop_experiment_is_sized_so_that_the_drop_shows_on_this_machine() -> None:
+    """Offered load well below what the measured compute profile says this machine can serve (no
+    queue builds), and the collapse adds a visible share to each request's latency."""
+    import math
+
+    from edgecloud.simulator.des.compute import SHIPPED_PROFILE, load_compute_profile
+    from edgecloud.simulator.des.replay import WireProfile
+
+    exp = load_experiment(EXAMPLES[0].parent / "edge-4g-bandwidth-drop.toml")
+    profile = load_compute_profile(SHIPPED_PROFILE)
+    workload, [edge] = exp.workload, exp.edges
+    prompt = 64  # chat template with its system turn + a one-line request, in tokens
+    new = workload.max_new_tokens
+    assert edge.cloud_share is not None
+    trips = math.ceil(new * edge.cloud_share)  # at most one round trip per flagged token
+    # Prefill on both sides, a decode step per token on the edge, a 2-token verification per round trip.
+    service_s = (profile.edge.seconds(1, prompt) + new * profile.edge.seconds(1, 1)
+                 + profile.cloud.seconds(1, prompt) + trips * profile.cloud.seconds(1, 2))
+    gap_s = 1.0 / workload.request_rate_per_s
+    assert workload.arrival == "constant" and service_s < 0.6 * gap_s, (service_s, gap_s)
+    [link] = [link for link in exp.links if link.name == "edge0-cloud"]
+    [drop, back] = [event for event in exp.timeline if event.link == "edge0-cloud"]
+    assert drop.at_s >= 2 * gap_s and back.at_s - drop.at_s >= 2 * gap_s  # requests before, during, after
+    assert workload.duration_s - back.at_s >= 2 * gap_s
+
+    def round_trip_s(profile_) -> float:
+        wire = WireProfile()
+        up, down = profile_.uplink, profile_.downlink
+        return ((up.latency_ms + down.latency_ms) * 1e-3 + wire.up_bytes(2, 2) * 8 / (up.rate_mbps * 1e6)
+                + wire.down_bytes() * 8 / (down.rate_mbps * 1e6))
+
+    extra_s = trips * (round_trip_s(drop.profile) - round_trip_s(link.profile))
+    assert extra_s > 0.2 * service_s, (extra_s, service_s)
+    assert back.profile.uplink.rate_mbps == link.profile.uplink.rate_mbps
