@@ -67,7 +67,7 @@ class SecurityConfig:
 
     def as_node(self) -> SecurityConfig:
         """The settings a node dials the coordinator's registry with: the node token as its bearer token."""
-        return replace(self, auth_token=self.node_token)
+        return replace(self, auth_token=self.node_token, node_token=None)
 
     @property
     def server_tls(self) -> bool:
@@ -92,6 +92,7 @@ def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Channe
         ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ]
 
 
@@ -105,6 +106,9 @@ def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # Any ping (not only keepalive's: grpc also pings after a cancelled stream) times out this
+        # soon; grpc's default of 60 s let a hung peer hold a request for a minute.
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
