@@ -15,7 +15,7 @@ from edgecloud import __version__, rpc
 from edgecloud.coordinator.cluster import Cluster, Compute, Load, NodeInfo, NodeView, Role, check_request
 from edgecloud.errors import DomainError, InvalidInput, clip, status_for
 from edgecloud.routing.policies import POLICIES
-from edgecloud.v1 import common_pb2, edge_node_pb2_grpc, generation_pb2
+from edgecloud.v1 import common_pb2, edge_node_pb2, edge_node_pb2_grpc, generation_pb2
 from edgecloud.v1 import coordinator_pb2 as pb
 from edgecloud.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -26,6 +26,7 @@ ROLE_PROTOS = {role: number for number, role in ROLES.items()}
 SERVICE = "/edgecloud.v1.Coordinator/"
 # The methods only nodes call: they take the node token, not the client token.
 NODE_METHODS = tuple(SERVICE + name for name in ("RegisterNode", "Heartbeat", "DeregisterNode"))
+PROBE_TIMEOUT_S = 1.5  # how long a node that just failed a request has to answer GetStatus
 
 
 # proto <-> domain ---------------------------------------------------------------------------------------
@@ -89,12 +90,20 @@ class EdgeChannels:
         self._channels.move_to_end(address)
         return edge_node_pb2_grpc.EdgeNodeStub(self._channels[address])
 
-    def connected(self, address: str) -> bool:
-        """Whether the channel to ``address`` holds a working connection. After an UNAVAILABLE this
-        tells a node that answered so itself (e.g. about its own cloud: the connection stays READY)
-        from one that could not be reached (refused, reset, keepalive timeout: not READY)."""
+    async def reachable(self, address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+        """Whether the node at ``address`` answers now. After an UNAVAILABLE this tells a node that
+        said so itself (e.g. about its own cloud) from one that cannot be reached (refused, reset,
+        keepalive timeout, hung). A channel that is not READY answers at once; a READY one (its
+        state may lag a transport that just failed) is asked for its status."""
         channel = self._channels.get(address)
-        return channel is not None and channel.get_state() == grpc.ChannelConnectivity.READY
+        if channel is None or channel.get_state() != grpc.ChannelConnectivity.READY:
+            return False
+        try:
+            await edge_node_pb2_grpc.EdgeNodeStub(channel).GetStatus(edge_node_pb2.GetEdgeStatusRequest(),
+                                                                      timeout=timeout_s, wait_for_ready=False)
+        except grpc.aio.AioRpcError:
+            return False
+        return True
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -190,7 +199,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                     details = clip(exc.details() or "", 300)
                     log.warning("request on %s failed after %s: %s %s", edge.node_id,
                                 "some tokens" if streamed else "no tokens", exc.code().name, details)
-                    unreachable = exc.code() == grpc.StatusCode.UNAVAILABLE and not self.edges.connected(edge.address)
+                    unreachable = (exc.code() == grpc.StatusCode.UNAVAILABLE
+                                   and not await self.edges.reachable(edge.address))
                     if not unreachable:
                         await context.abort(exc.code(), f"edge node {edge.node_id}: {details}")
                     self.cluster.mark_suspect(edge.node_id)

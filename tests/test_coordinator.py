@@ -16,7 +16,7 @@ import time
 import grpc
 import pytest
 
-from edgecloud import Client, rpc
+from edgecloud import Client, EdgecloudError, rpc
 from edgecloud.client import Summary
 from edgecloud.coordinator.cluster import Cluster, ClusterLimits, Load, NodeInfo, Role
 from edgecloud.errors import AlreadyExists, InvalidInput, LimitExceeded, NotFound, PermissionDenied
@@ -144,7 +144,7 @@ def test_oversized_message_is_resource_exhausted(authed) -> None:
 
 def _coordinator_exit(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgecloud.coordinator", "--listen", "127.0.0.1:0", *args],
-                          capture_output=True, text=True, timeout=60,
+                          capture_output=True, text=True, timeout=30,
                           env={k: v for k, v in os.environ.items() if not k.startswith("EDGECLOUD_")})
 
 
@@ -310,3 +310,17 @@ def test_hung_edge_is_noticed_by_keepalive_and_failed_over(fleet) -> None:
         assert first in _suspects(fleet)
     finally:
         os.killpg(frozen.process.pid, signal.SIGCONT)
+
+
+def test_edge_that_reports_its_cloud_gone_is_not_suspect(fleet) -> None:
+    """An UNAVAILABLE the edge itself sends (its cloud died) is passed on; the edge stays placeable."""
+    client = fleet["client"]
+    edge = _generate(client).edge_node_id
+    _settled(fleet)
+    cloud = fleet["cloud"]
+    os.killpg(cloud.process.pid, signal.SIGKILL)
+    cloud.process.wait(timeout=10)
+    with pytest.raises(EdgecloudError):
+        _generate(client, policy="llm-only")
+    assert edge not in _suspects(fleet)
+    assert _generate(client).edge_node_id == edge
