@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 from edgecloud.cloud_node.config import CloudConfig
-from edgecloud.daemon_args import add_common_args, run_daemon, security_from_args, setup_logging
+from edgecloud.daemon_args import (
+    add_common_args,
+    check_node_credentials,
+    run_daemon,
+    security_from_args,
+    setup_logging,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,14 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_node_credentials(parser, args)
+    security = security_from_args(args, parser)
     setup_logging(args.log_level)
     config = CloudConfig(model=args.model, listen=args.listen, advertise=args.advertise, node_id=args.node_id,
                          dtype=args.dtype, threads=args.threads, coordinator=args.coordinator, max_sessions=args.max_sessions,
                          max_kv_mib=args.max_kv_mib, max_window_tokens=args.max_window_tokens,
                          max_tokens_per_session=args.max_tokens_per_session,
                          session_idle_ttl_s=args.session_idle_ttl_s,
-                         security=security_from_args(args))
+                         security=security)
     from edgecloud.cloud_node.node import serve
 
     run_daemon("edgecloud cloud", serve, config)

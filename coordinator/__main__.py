@@ -12,17 +12,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgecloud coordinator",
                                 description="Run the coordinator: node registry and client-facing API.")
     p.add_argument("--listen", default="127.0.0.1:50051", help="host:port (port 0 = any free port)")
-    p.add_argument("--node-ttl-s", type=float, default=15.0, help="silence after which a node counts as gone")
-    p.add_argument("--heartbeat-interval-s", type=float, default=5.0)
+    p.add_argument("--node-ttl-s", type=float, default=15.0,
+                   help="silence after which a node is no longer placed (listed as stale)")
+    p.add_argument("--node-expiry-s", type=float, default=300.0,
+                   help="silence after which a node is forgotten entirely (>= --node-ttl-s)")
+    p.add_argument("--max-nodes", type=int, default=256,
+                   help="registered nodes at most; more are refused with RESOURCE_EXHAUSTED")
+    p.add_argument("--heartbeat-interval-s", type=float, default=5.0, help="how often nodes are told to heartbeat")
+    p.add_argument("--max-message-mib", type=float, default=4.0, help="largest gRPC message sent or received")
     add_common_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    config = CoordinatorConfig(listen=args.listen, node_ttl_s=args.node_ttl_s,
-                               heartbeat_interval_s=args.heartbeat_interval_s, security=security_from_args(args))
+    try:
+        config = CoordinatorConfig(listen=args.listen, node_ttl_s=args.node_ttl_s, node_expiry_s=args.node_expiry_s,
+                                   max_nodes=args.max_nodes, heartbeat_interval_s=args.heartbeat_interval_s,
+                                   max_message_mib=args.max_message_mib, security=security_from_args(args, parser))
+    except ValueError as exc:
+        parser.error(str(exc))
     from edgecloud.coordinator.node import serve
 
     run_daemon("edgecloud coordinator", serve, config)

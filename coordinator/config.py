@@ -6,11 +6,36 @@ from dataclasses import dataclass, field
 
 from edgecloud.rpc import SecurityConfig
 
+NODE_STATUS_OVERHEAD_BYTES = 512  # per node in GetClusterStatus, beyond its text (numbers, tags, load)
+
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
     listen: str = "127.0.0.1:50051"
-    node_ttl_s: float = 15.0  # a node silent this long is considered gone
+    node_ttl_s: float = 15.0  # a node silent this long is considered gone (not placed, listed as stale)
+    node_expiry_s: float = 300.0  # a node silent this long is forgotten entirely
+    max_nodes: int = 256  # registrations beyond this are refused with RESOURCE_EXHAUSTED
     heartbeat_interval_s: float = 5.0  # what nodes are told to use
     request_timeout_s: float = 3600.0  # deadline of one forwarded generation stream
+    max_message_mib: float = 4.0  # largest gRPC message sent or received
     security: SecurityConfig = field(default_factory=SecurityConfig)
+
+    def __post_init__(self) -> None:
+        if self.security.auth_token and not self.security.node_token:
+            raise ValueError("an auth token without a node token would let every client register and remove "
+                             "nodes: give --node-token (or $EDGECLOUD_NODE_TOKEN) too, a different secret")
+        if self.node_ttl_s <= 0 or self.heartbeat_interval_s <= 0:
+            raise ValueError("node_ttl_s and heartbeat_interval_s must be > 0")
+        if self.heartbeat_interval_s >= self.node_ttl_s:
+            raise ValueError(f"heartbeat_interval_s ({self.heartbeat_interval_s:g}) must be below "
+                             f"node_ttl_s ({self.node_ttl_s:g})")
+        if self.node_expiry_s < self.node_ttl_s:
+            raise ValueError(f"node_expiry_s ({self.node_expiry_s:g}) must be >= node_ttl_s ({self.node_ttl_s:g})")
+        if self.max_nodes < 1:
+            raise ValueError(f"max_nodes must be >= 1, got {self.max_nodes}")
+        if self.max_message_mib <= 0:
+            raise ValueError(f"max_message_mib must be > 0, got {self.max_message_mib:g}")
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.max_message_mib * 2**20)

@@ -1,20 +1,34 @@
-"""The coordinator daemon: registry and client-facing API over gRPC."""
+"""The coordinator daemon: the cluster (registry, placement, accounting) and the client-facing API over gRPC."""
 
 from __future__ import annotations
 
 from edgecloud import rpc
-from edgecloud.coordinator.config import CoordinatorConfig
-from edgecloud.coordinator.registry import NodeRegistry
-from edgecloud.coordinator.service import CoordinatorServicer
+from edgecloud.coordinator.cluster import Cluster, ClusterLimits
+from edgecloud.coordinator.config import NODE_STATUS_OVERHEAD_BYTES, CoordinatorConfig
+from edgecloud.coordinator.service import NODE_METHODS, CoordinatorServicer
 from edgecloud.daemon import serve_until_stopped
 from edgecloud.v1 import coordinator_pb2_grpc
 
 
+def build_cluster(config: CoordinatorConfig) -> Cluster:
+    """The domain object for ``config``; ValueError when a full registry would not fit one status reply."""
+    limits = ClusterLimits(max_nodes=config.max_nodes)
+    # UTF-8 text is at most 4 bytes a character.
+    status_bytes = config.max_nodes * (4 * limits.max_node_chars + NODE_STATUS_OVERHEAD_BYTES)
+    if status_bytes > config.max_message_bytes:
+        most = config.max_message_bytes // (4 * limits.max_node_chars + NODE_STATUS_OVERHEAD_BYTES)
+        raise ValueError(f"--max-nodes {config.max_nodes} would not fit GetClusterStatus in "
+                         f"--max-message-mib {config.max_message_mib:g} (at most {most} nodes)")
+    return Cluster(ttl_s=config.node_ttl_s, expiry_s=config.node_expiry_s, limits=limits)
+
+
 async def serve(config: CoordinatorConfig) -> None:
-    servicer = CoordinatorServicer(NodeRegistry(ttl_s=config.node_ttl_s), security=config.security,
+    servicer = CoordinatorServicer(build_cluster(config), security=config.security,
                                    heartbeat_interval_s=config.heartbeat_interval_s,
-                                   request_timeout_s=config.request_timeout_s)
-    server = rpc.create_server(config.security)
+                                   request_timeout_s=config.request_timeout_s,
+                                   max_message_bytes=config.max_message_bytes)
+    server = rpc.create_server(config.security, max_message_bytes=config.max_message_bytes,
+                               node_methods=NODE_METHODS)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
 
     async def stopping() -> None:

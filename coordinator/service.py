@@ -1,152 +1,221 @@
-"""Coordinator gRPC servicer: registry calls and request forwarding, translated to/from proto."""
+"""Coordinator gRPC servicer: translates proto <-> ``Cluster`` calls and forwards generation
+streams to edge nodes; the decisions (validation, leases, placement, accounting) are the
+``Cluster``'s."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-import uuid
 from collections import OrderedDict
 
 import grpc
 
 from edgecloud import __version__, rpc
-from edgecloud.coordinator.registry import NodeInfo, NodeRegistry, NoNodeAvailable, Role
+from edgecloud.coordinator.cluster import Cluster, Compute, Load, NodeInfo, NodeView, Role, check_request
+from edgecloud.errors import DomainError, InvalidInput, clip, status_for
 from edgecloud.routing.policies import POLICIES
-from edgecloud.v1 import common_pb2, edge_node_pb2_grpc, generation_pb2
+from edgecloud.v1 import common_pb2, edge_node_pb2, edge_node_pb2_grpc, generation_pb2
 from edgecloud.v1 import coordinator_pb2 as pb
 from edgecloud.v1 import coordinator_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 ROLES = {common_pb2.NODE_ROLE_EDGE: Role.EDGE, common_pb2.NODE_ROLE_CLOUD: Role.CLOUD}
-MAX_SESSIONS_KEPT = 10_000
+ROLE_PROTOS = {role: number for number, role in ROLES.items()}
+SERVICE = "/edgecloud.v1.Coordinator/"
+# The methods only nodes call: they take the node token, not the client token.
+NODE_METHODS = tuple(SERVICE + name for name in ("RegisterNode", "Heartbeat", "DeregisterNode"))
+PROBE_TIMEOUT_S = 1.5  # how long a node that just failed a request has to answer GetStatus
 
 
-class CoordinatorServicer(pb_grpc.CoordinatorServicer):
-    def __init__(self, registry: NodeRegistry, *, security: rpc.SecurityConfig, heartbeat_interval_s: float = 5.0,
-                 request_timeout_s: float = 3600.0, max_tokens_limit: int = 4096) -> None:
-        self.registry = registry
+# proto <-> domain ---------------------------------------------------------------------------------------
+
+def node_from_proto(msg: common_pb2.NodeInfo) -> NodeInfo:
+    if msg.role not in ROLES:
+        raise InvalidInput("node role must be EDGE or CLOUD")
+    c = msg.compute
+    return NodeInfo(node_id=msg.node_id, role=ROLES[msg.role], address=msg.address, models=tuple(msg.models),
+                    capabilities=tuple(msg.capabilities), labels=dict(msg.labels), version=msg.version,
+                    compute=Compute(device=c.device, cpu_cores=c.cpu_cores, memory_bytes=c.memory_bytes,
+                                    accelerator=c.accelerator, tokens_per_s=c.tokens_per_s, gflops=c.gflops))
+
+
+def node_to_proto(info: NodeInfo) -> common_pb2.NodeInfo:
+    c = info.compute
+    return common_pb2.NodeInfo(
+        node_id=info.node_id, role=ROLE_PROTOS[info.role], address=info.address, models=list(info.models),
+        capabilities=list(info.capabilities), labels=dict(info.labels), version=info.version,
+        compute=common_pb2.ComputeProfile(device=c.device, cpu_cores=c.cpu_cores, memory_bytes=c.memory_bytes,
+                                          accelerator=c.accelerator, tokens_per_s=c.tokens_per_s, gflops=c.gflops))
+
+
+def load_from_proto(msg: common_pb2.NodeLoad) -> Load:
+    return Load(active_sessions=msg.active_sessions, max_sessions=msg.max_sessions,
+                active_requests=msg.active_requests, tokens_per_s=msg.tokens_per_s, kv_bytes=msg.kv_bytes,
+                cpu_utilization=msg.cpu_utilization, memory_used_bytes=msg.memory_used_bytes)
+
+
+def load_to_proto(load: Load) -> common_pb2.NodeLoad:
+    return common_pb2.NodeLoad(active_sessions=load.active_sessions, max_sessions=load.max_sessions,
+                               active_requests=load.active_requests, tokens_per_s=load.tokens_per_s,
+                               kv_bytes=load.kv_bytes, cpu_utilization=load.cpu_utilization,
+                               memory_used_bytes=load.memory_used_bytes)
+
+
+def status_to_proto(view: NodeView) -> pb.NodeStatus:
+    return pb.NodeStatus(info=node_to_proto(view.info), load=load_to_proto(view.load), live=view.live,
+                         last_seen_s_ago=view.last_seen_s_ago, suspect=view.suspect)
+
+
+class EdgeChannels:
+    """Cached channels to edge nodes, one per address (least recently used closed beyond ``max_channels``)."""
+
+    def __init__(self, security: rpc.SecurityConfig, *, max_message_bytes: int, max_channels: int) -> None:
         self.security = security
-        self.heartbeat_interval_s = heartbeat_interval_s
-        self.request_timeout_s = request_timeout_s
-        self.max_tokens_limit = max_tokens_limit
-        self.started = time.monotonic()
-        self.active_requests = 0
-        self.sessions: OrderedDict[str, generation_pb2.GenerationSummary] = OrderedDict()  # per-session accounting
-        self.totals = {"requests": 0, "round_trips": 0, "tokens": 0}
-        self._nodes: dict[str, tuple[common_pb2.NodeInfo, common_pb2.NodeLoad]] = {}
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.max_message_bytes = max_message_bytes
+        self.max_channels = max_channels
+        self._channels: OrderedDict[str, grpc.aio.Channel] = OrderedDict()
+        self._closing: set[asyncio.Task] = set()
 
-    # Registry -------------------------------------------------------------------------------------------
-
-    async def RegisterNode(self, request: pb.RegisterNodeRequest, context) -> pb.RegisterNodeResponse:
-        node = request.node
-        if node.role not in ROLES:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node role must be EDGE or CLOUD")
-        try:
-            self.registry.register(NodeInfo(node.node_id, ROLES[node.role], node.address, tuple(node.models),
-                                            active_sessions=request.load.active_requests,
-                                            max_sessions=request.load.max_sessions))
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        self._nodes[node.node_id] = (node, request.load)
-        log.info("registered %s node %s at %s (%s)", ROLES[node.role].value, node.node_id, node.address,
-                 ", ".join(node.models))
-        return pb.RegisterNodeResponse(heartbeat_interval_s=self.heartbeat_interval_s,
-                                       node_ttl_s=self.registry.ttl_s)
-
-    async def Heartbeat(self, request: pb.HeartbeatRequest, context) -> pb.HeartbeatResponse:
-        load = request.load
-        if not self.registry.heartbeat(request.node_id, active_sessions=load.active_requests + load.active_sessions,
-                                       tokens_per_s=load.tokens_per_s):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.node_id!r} is not registered")
-        info, _ = self._nodes[request.node_id]
-        self._nodes[request.node_id] = (info, load)
-        return pb.HeartbeatResponse(heartbeat_interval_s=self.heartbeat_interval_s)
-
-    async def DeregisterNode(self, request: pb.DeregisterNodeRequest, context) -> pb.DeregisterNodeResponse:
-        self.registry.remove(request.node_id)
-        self._nodes.pop(request.node_id, None)
-        return pb.DeregisterNodeResponse()
-
-    async def GetClusterStatus(self, request: pb.GetClusterStatusRequest, context) -> pb.ClusterStatus:
-        live = {n.node_id: n for n in self.registry.live()}
-        now = time.monotonic()
-        nodes = []
-        for node_id, (info, load) in sorted(self._nodes.items()):
-            entry = live.get(node_id)
-            if entry is None and not request.include_stale:
-                continue
-            nodes.append(pb.NodeStatus(info=info, load=load, live=entry is not None,
-                                       last_seen_s_ago=now - entry.last_seen if entry else -1.0))
-        return pb.ClusterStatus(nodes=nodes, active_requests=self.active_requests,
-                                uptime_s=now - self.started, version=__version__,
-                                requests_served=self.totals["requests"],
-                                cloud_round_trips=self.totals["round_trips"], output_tokens=self.totals["tokens"])
-
-    # Generation -----------------------------------------------------------------------------------------
-
-    def _check(self, request: generation_pb2.GenerateRequest) -> str | None:
-        """What is wrong with a request, before any node is bothered (None: nothing)."""
-        if not request.prompt.strip() and not request.messages:
-            return "prompt is empty"
-        if not 0 < request.max_tokens <= self.max_tokens_limit:
-            return f"max_tokens must be in [1, {self.max_tokens_limit}], got {request.max_tokens}"
-        if request.policy and request.policy not in POLICIES:
-            return f"unknown policy {request.policy!r}; known: {', '.join(POLICIES)}"
-        return None
-
-    def _place(self, request: generation_pb2.GenerateRequest) -> tuple[NodeInfo, NodeInfo | None]:
-        if request.edge_node_id:
-            edge = next((n for n in self.registry.live(Role.EDGE) if n.node_id == request.edge_node_id), None)
-            if edge is None:
-                raise NoNodeAvailable(f"edge node {request.edge_node_id!r} is not live")
-        else:
-            edge = self.registry.place(Role.EDGE, request.edge_model or None)
-        needs_cloud = (request.policy or "slm-only") != "slm-only"
-        cloud = self.registry.place(Role.CLOUD, request.cloud_model or None) if needs_cloud else None
-        return edge, cloud
-
-    def _edge_stub(self, address: str) -> edge_node_pb2_grpc.EdgeNodeStub:
+    def stub(self, address: str) -> edge_node_pb2_grpc.EdgeNodeStub:
         if address not in self._channels:
-            self._channels[address] = rpc.create_channel(address, self.security)
+            self._channels[address] = rpc.create_channel(address, self.security,
+                                                         max_message_bytes=self.max_message_bytes)
+            while len(self._channels) > self.max_channels:
+                _, channel = self._channels.popitem(last=False)
+                task = asyncio.get_running_loop().create_task(channel.close(grace=30.0))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        self._channels.move_to_end(address)
         return edge_node_pb2_grpc.EdgeNodeStub(self._channels[address])
 
-    async def Generate(self, request: generation_pb2.GenerateRequest, context):
-        if (problem := self._check(request)) is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+    async def reachable(self, address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+        """Whether the node at ``address`` answers now. After an UNAVAILABLE this tells a node that
+        said so itself (e.g. about its own cloud) from one that cannot be reached (refused, reset,
+        keepalive timeout, hung). A channel that is not READY answers at once; a READY one (its
+        state may lag a transport that just failed) is asked for its status."""
+        channel = self._channels.get(address)
+        if channel is None or channel.get_state() != grpc.ChannelConnectivity.READY:
+            return False
         try:
-            edge, cloud = self._place(request)
-        except NoNodeAvailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        forwarded = generation_pb2.GenerateRequest()
-        forwarded.CopyFrom(request)
-        forwarded.cloud_address = cloud.address if cloud else ""
-        session_id = request.session_id or uuid.uuid4().hex
-        self.active_requests += 1
-        try:
-            stream = self._edge_stub(edge.address).Generate(forwarded, timeout=self.request_timeout_s)
-            async for event in stream:
-                if event.HasField("summary"):
-                    event.summary.edge_node_id = edge.node_id
-                    event.summary.cloud_node_id = cloud.node_id if cloud else ""
-                    self._account(session_id, event.summary)
-                yield event
-        except grpc.aio.AioRpcError as exc:
-            log.warning("request %s on %s failed: %s %s", session_id, edge.node_id, exc.code().name, exc.details())
-            await context.abort(exc.code(), f"edge node {edge.node_id}: {exc.details()}")
-        finally:
-            self.active_requests -= 1
-
-    def _account(self, session_id: str, summary: generation_pb2.GenerationSummary) -> None:
-        self.totals["requests"] += 1
-        self.totals["round_trips"] += summary.cloud_round_trips
-        self.totals["tokens"] += summary.edge_tokens + summary.cloud_tokens
-        self.sessions[session_id] = summary
-        self.sessions.move_to_end(session_id)
-        while len(self.sessions) > MAX_SESSIONS_KEPT:
-            self.sessions.popitem(last=False)
+            await edge_node_pb2_grpc.EdgeNodeStub(channel).GetStatus(edge_node_pb2.GetEdgeStatusRequest(),
+                                                                      timeout=timeout_s, wait_for_ready=False)
+        except grpc.aio.AioRpcError:
+            return False
+        return True
 
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
+        self._channels.clear()
+
+
+class CoordinatorServicer(pb_grpc.CoordinatorServicer):
+    def __init__(self, cluster: Cluster, *, security: rpc.SecurityConfig, heartbeat_interval_s: float = 5.0,
+                 request_timeout_s: float = 3600.0, max_tokens_limit: int = 4096,
+                 max_message_bytes: int = 4 * 2**20) -> None:
+        self.cluster = cluster
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.request_timeout_s = request_timeout_s
+        self.max_tokens_limit = max_tokens_limit
+        self.started = time.monotonic()
+        self.edges = EdgeChannels(security, max_message_bytes=max_message_bytes,
+                                  max_channels=cluster.limits.max_nodes)
+
+    # Registry -------------------------------------------------------------------------------------------
+
+    async def RegisterNode(self, request: pb.RegisterNodeRequest, context) -> pb.RegisterNodeResponse:
+        try:
+            info = node_from_proto(request.node)
+            lease = self.cluster.register(info, load_from_proto(request.load), lease=request.lease)
+        except DomainError as exc:
+            log.warning("refused registration of %s: %s", clip(request.node.node_id), exc)
+            await context.abort(*status_for(exc))
+        log.info("registered %s node %s at %s (%s)", info.role.value, info.node_id, info.address,
+                 ", ".join(info.models))
+        return pb.RegisterNodeResponse(heartbeat_interval_s=self.heartbeat_interval_s, node_ttl_s=self.cluster.ttl_s,
+                                       lease=lease, cloud_addresses=self.cluster.cloud_addresses())
+
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context) -> pb.HeartbeatResponse:
+        try:
+            self.cluster.heartbeat(request.node_id, request.lease, load_from_proto(request.load))
+        except DomainError as exc:
+            await context.abort(*status_for(exc))
+        return pb.HeartbeatResponse(heartbeat_interval_s=self.heartbeat_interval_s,
+                                    cloud_addresses=self.cluster.cloud_addresses())
+
+    async def DeregisterNode(self, request: pb.DeregisterNodeRequest, context) -> pb.DeregisterNodeResponse:
+        try:
+            self.cluster.deregister(request.node_id, request.lease)
+        except DomainError as exc:
+            await context.abort(*status_for(exc))
+        log.info("deregistered node %s", clip(request.node_id))
+        return pb.DeregisterNodeResponse()
+
+    async def GetClusterStatus(self, request: pb.GetClusterStatusRequest, context) -> pb.ClusterStatus:
+        totals = self.cluster.totals
+        return pb.ClusterStatus(nodes=[status_to_proto(v) for v in self.cluster.nodes(include_stale=request.include_stale)],
+                                active_requests=totals.active_requests, uptime_s=time.monotonic() - self.started,
+                                version=__version__, requests_served=totals.requests,
+                                cloud_round_trips=totals.round_trips, output_tokens=totals.tokens)
+
+    # Generation -----------------------------------------------------------------------------------------
+
+    def _edge(self, request: generation_pb2.GenerateRequest, tried: list[str]) -> NodeInfo:
+        if request.edge_node_id:
+            return self.cluster.get_live(request.edge_node_id, Role.EDGE)
+        return self.cluster.place(Role.EDGE, request.edge_model or None, exclude=tried)
+
+    async def Generate(self, request: generation_pb2.GenerateRequest, context):
+        try:
+            check_request(prompt=request.prompt, has_messages=bool(request.messages), max_tokens=request.max_tokens,
+                          policy=request.policy, policies=POLICIES, max_tokens_limit=self.max_tokens_limit)
+            needs_cloud = (request.policy or "slm-only") != "slm-only"
+            cloud = self.cluster.place(Role.CLOUD, request.cloud_model or None) if needs_cloud else None
+            edge = self._edge(request, [])
+        except DomainError as exc:
+            await context.abort(*status_for(exc))
+        forwarded = generation_pb2.GenerateRequest()
+        forwarded.CopyFrom(request)
+        forwarded.cloud_address = cloud.address if cloud else ""
+        tried: list[str] = []
+        self.cluster.request_started()
+        try:
+            while True:
+                streamed = False
+                try:
+                    stream = self.edges.stub(edge.address).Generate(forwarded, timeout=self.request_timeout_s)
+                    async for event in stream:
+                        if event.HasField("summary"):
+                            event.summary.edge_node_id = edge.node_id
+                            event.summary.cloud_node_id = cloud.node_id if cloud else ""
+                            self.cluster.account(round_trips=event.summary.cloud_round_trips,
+                                                 tokens=event.summary.edge_tokens + event.summary.cloud_tokens)
+                        streamed = True
+                        yield event
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    details = clip(exc.details() or "", 300)
+                    log.warning("request on %s failed after %s: %s %s", edge.node_id,
+                                "some tokens" if streamed else "no tokens", exc.code().name, details)
+                    unreachable = (exc.code() == grpc.StatusCode.UNAVAILABLE
+                                   and not await self.edges.reachable(edge.address))
+                    if not unreachable:
+                        await context.abort(exc.code(), f"edge node {edge.node_id}: {details}")
+                    self.cluster.mark_suspect(edge.node_id)
+                    log.warning("edge node %s at %s is unreachable: suspect until its next heartbeat",
+                                edge.node_id, edge.address)
+                    if streamed or request.edge_node_id:
+                        await context.abort(exc.code(), f"edge node {edge.node_id} became unreachable: {details}")
+                    tried.append(edge.node_id)
+                try:
+                    edge = self._edge(request, tried)
+                except DomainError as exc:
+                    await context.abort(*status_for(exc))
+                log.info("failing over to edge node %s", edge.node_id)
+        finally:
+            self.cluster.request_finished()
+
+    async def close(self) -> None:
+        await self.edges.close()

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from edgecloud.daemon_args import add_common_args, run_daemon, security_from_args, setup_logging
+from edgecloud.daemon_args import (
+    add_common_args,
+    check_node_credentials,
+    run_daemon,
+    security_from_args,
+    setup_logging,
+)
 from edgecloud.edge_node.config import EdgeConfig
 
 
@@ -36,14 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_node_credentials(parser, args)
+    security = security_from_args(args, parser)
     setup_logging(args.log_level)
     config = EdgeConfig(model=args.model, listen=args.listen, advertise=args.advertise, node_id=args.node_id,
                         dtype=args.dtype, threads=args.threads, cloud=args.cloud, coordinator=args.coordinator,
                         max_tokens_limit=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
                         max_active_requests=args.max_active_requests, allowed_clouds=tuple(args.allow_cloud),
                         cloud_timeout_s=args.cloud_timeout_s,
-                        reward_head=args.reward_head, cloud_prefetch=args.cloud_prefetch, security=security_from_args(args))
+                        reward_head=args.reward_head, cloud_prefetch=args.cloud_prefetch, security=security)
     from edgecloud.edge_node.node import serve
 
     run_daemon("edgecloud edge", serve, config)

@@ -10,7 +10,7 @@ import grpc
 import torch
 
 from edgecloud import rpc
-from edgecloud.daemon import NodeIdentity, serve_node
+from edgecloud.daemon import CoordinatorAgent, NodeIdentity, serve_node
 from edgecloud.edge_node.cloud_client import GrpcCloudLink
 from edgecloud.edge_node.config import EdgeConfig
 from edgecloud.edge_node.engine import EdgeEngine, EngineLimits, GenerationRequest
@@ -70,14 +70,19 @@ async def serve(config: EdgeConfig) -> None:
     engine = EdgeEngine(model, Tokenizer.from_folder(folder), limits=limits, reward_head=reward_head,
                         model_name=model_name)
     channels = CloudChannels(config.security, config.cloud_timeout_s)
-    registered_clouds: set[str] = set()  # filled from the coordinator's replies (see serve_node)
+    agents: list[CoordinatorAgent] = []  # the coordinator link, once serve_node has started it
 
     def allowed_clouds() -> set[str]:
-        return {*config.allowed_clouds, *registered_clouds}
+        registered = agents[0].cloud_addresses if agents else ()
+        return {*config.allowed_clouds, *registered}
+
+    async def refresh_clouds() -> None:
+        if agents:
+            await agents[0].refresh()
 
     servicer = EdgeNodeServicer(engine, node_id=config.node_id, model_name=model_name, default_cloud=config.cloud,
                                 link_factory=channels.link, default_prefetch=config.cloud_prefetch,
-                                allowed_clouds=allowed_clouds)
+                                allowed_clouds=allowed_clouds, refresh_clouds=refresh_clouds)
     server = rpc.create_server(config.security, max_message_bytes=MAX_MESSAGE_BYTES)
     edge_node_pb2_grpc.add_EdgeNodeServicer_to_server(servicer, server)
     # Threshold calibration (a minute of SLM work the first time) starts now, off the event loop,
@@ -96,4 +101,4 @@ async def serve(config: EdgeConfig) -> None:
                             common_pb2.CAPABILITY_HYBRID_ROUTING, str(model.device))
     await serve_node("edge", server, identity, listen=config.listen, security=config.security, load=load,
                      coordinator=config.coordinator, heartbeat_interval_s=config.heartbeat_interval_s,
-                     advertise=config.advertise, on_stopping=stopping)
+                     advertise=config.advertise, on_stopping=stopping, on_agent=agents.append)

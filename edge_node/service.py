@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from edgecloud import __version__
 from edgecloud.edge_node.cloud_client import GrpcCloudLink
@@ -40,7 +40,8 @@ def request_from_proto(msg: generation_pb2.GenerateRequest, *, default_prefetch:
 class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
     def __init__(self, engine: EdgeEngine, *, node_id: str, model_name: str, default_cloud: str | None,
                  link_factory: LinkFactory, default_prefetch: bool = False,
-                 allowed_clouds: Callable[[], Collection[str]] = frozenset) -> None:
+                 allowed_clouds: Callable[[], Collection[str]] = frozenset,
+                 refresh_clouds: Callable[[], Awaitable[None]] | None = None) -> None:
         self.engine = engine
         self.default_prefetch = default_prefetch
         self.node_id = node_id
@@ -48,13 +49,14 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
         self.default_cloud = default_cloud
         self.link_factory = link_factory
         self.allowed_clouds = allowed_clouds  # cloud addresses a request may name (besides the default)
+        self.refresh_clouds = refresh_clouds  # asks the coordinator for its clouds now (bounded by the agent)
         self.started = time.monotonic()
 
     @property
     def active_requests(self) -> int:
         return self.engine.active_requests
 
-    def _cloud_for(self, request: generation_pb2.GenerateRequest, policy: str) -> str:
+    async def _cloud_for(self, request: generation_pb2.GenerateRequest, policy: str) -> str:
         """The cloud address this request may use ("" for none needed); typed errors say why not."""
         address = request.cloud_address or self.default_cloud or ""
         if policy == "slm-only":
@@ -62,7 +64,11 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
         if not address:
             raise PreconditionFailed(f"policy {policy!r} needs a cloud node, and this edge node knows none "
                                      "(start it with --cloud or send the request through the coordinator)")
-        if address != self.default_cloud and address not in self.allowed_clouds():
+        if address == self.default_cloud or address in self.allowed_clouds():
+            return address
+        if self.refresh_clouds is not None:  # a cloud that registered since the last heartbeat?
+            await self.refresh_clouds()
+        if address not in self.allowed_clouds():
             raise PermissionDenied(f"cloud_address {clip(address)} is not a cloud node this edge knows "
                                    "(its --cloud, --allow-cloud, or one registered with its coordinator)")
         return address
@@ -74,7 +80,7 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
         try:
             domain = request_from_proto(request, default_prefetch=self.default_prefetch)
             self.engine.check(domain)
-            cloud_address = self._cloud_for(request, domain.policy)
+            cloud_address = await self._cloud_for(request, domain.policy)
 
             def make_link(req: GenerationRequest) -> GrpcCloudLink:
                 links.append(self.link_factory(cloud_address, req))

@@ -35,57 +35,102 @@ class CoordinatorAgent:
     """Registers a node with the coordinator and keeps it alive with heartbeats.
 
     The coordinator may start after the node: registration is retried in the background.
-    A heartbeat answered NOT_FOUND (the coordinator restarted or expired the node) registers
-    again.
+    Registry calls go with the node token (``security.node_token``), and heartbeats and the
+    final deregistration carry the lease the registration returned. A heartbeat answered
+    NOT_FOUND or PERMISSION_DENIED (the coordinator restarted, or expired or replaced the node)
+    registers again. Every reply brings the live cloud nodes' addresses (``cloud_addresses``);
+    ``refresh`` asks for them at once (at most once per ``min_refresh_interval_s``).
     """
 
     def __init__(self, coordinator: str, info: common_pb2.NodeInfo, load: Callable[[], common_pb2.NodeLoad],
-                 *, security: rpc.SecurityConfig, interval_s: float = 5.0, rpc_timeout_s: float = 5.0) -> None:
+                 *, security: rpc.SecurityConfig, interval_s: float = 5.0, rpc_timeout_s: float = 5.0,
+                 min_refresh_interval_s: float = 1.0) -> None:
         self.coordinator = coordinator
         self.info = info
         self.load = load
-        self.security = security
+        self.security = security.as_node()
         self.interval_s = interval_s
         self.rpc_timeout_s = rpc_timeout_s
+        self.min_refresh_interval_s = min_refresh_interval_s
+        self.lease = ""
+        self.cloud_addresses: frozenset[str] = frozenset()
         self._channel: grpc.aio.Channel | None = None
+        self._stub: coord_grpc.CoordinatorStub | None = None
         self._task: asyncio.Task | None = None
+        self._refreshing: asyncio.Task | None = None
+        self._last_refresh = -float("inf")
         self.registered = asyncio.Event()
 
     async def start(self) -> None:
         self._channel = rpc.create_channel(self.coordinator, self.security)
-        self._task = asyncio.create_task(self._run(coord_grpc.CoordinatorStub(self._channel)))
+        self._stub = coord_grpc.CoordinatorStub(self._channel)
+        self._task = asyncio.create_task(self._run(self._stub))
+
+    async def _register(self, stub: coord_grpc.CoordinatorStub) -> None:
+        reply = await stub.RegisterNode(coord_pb.RegisterNodeRequest(node=self.info, load=self.load(),
+                                                                     lease=self.lease),
+                                        timeout=self.rpc_timeout_s)
+        self.interval_s = reply.heartbeat_interval_s or self.interval_s
+        self.lease = reply.lease
+        self.cloud_addresses = frozenset(reply.cloud_addresses)
+        self.registered.set()
+        log.info("registered %s with coordinator %s", self.info.node_id, self.coordinator)
+
+    async def _heartbeat(self, stub: coord_grpc.CoordinatorStub) -> None:
+        reply = await stub.Heartbeat(coord_pb.HeartbeatRequest(node_id=self.info.node_id, load=self.load(),
+                                                               lease=self.lease),
+                                     timeout=self.rpc_timeout_s)
+        self.cloud_addresses = frozenset(reply.cloud_addresses)
 
     async def _run(self, stub: coord_grpc.CoordinatorStub) -> None:
         registered = False
         while True:
             try:
                 if not registered:
-                    reply = await stub.RegisterNode(coord_pb.RegisterNodeRequest(node=self.info, load=self.load()),
-                                                    timeout=self.rpc_timeout_s)
-                    self.interval_s = reply.heartbeat_interval_s or self.interval_s
+                    await self._register(stub)
                     registered = True
-                    self.registered.set()
-                    log.info("registered %s with coordinator %s", self.info.node_id, self.coordinator)
                 else:
-                    await stub.Heartbeat(coord_pb.HeartbeatRequest(node_id=self.info.node_id, load=self.load()),
-                                         timeout=self.rpc_timeout_s)
+                    await self._heartbeat(stub)
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                if registered and exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
+                    log.warning("coordinator %s forgot %s (%s): registering again", self.coordinator,
+                                self.info.node_id, exc.code().name)
                     registered = False
+                    self.registered.clear()
                     continue
                 log.warning("coordinator %s: %s %s", self.coordinator, exc.code().name, exc.details())
             await asyncio.sleep(self.interval_s if registered else min(self.interval_s, 1.0))
 
+    async def refresh(self) -> None:
+        """Ask the coordinator now for the live clouds (an immediate heartbeat), unless asked recently.
+
+        Concurrent callers share one call; failures only log (the periodic loop carries on).
+        """
+        if self._stub is None or not self.registered.is_set():
+            return
+        if self._refreshing is None or self._refreshing.done():
+            loop = asyncio.get_running_loop()
+            if loop.time() - self._last_refresh < self.min_refresh_interval_s:
+                return
+            self._last_refresh = loop.time()
+            self._refreshing = loop.create_task(self._heartbeat(self._stub))
+        try:
+            await asyncio.shield(self._refreshing)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("refreshing the cloud list from %s: %s %s", self.coordinator, exc.code().name,
+                        exc.details())
+
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._refreshing):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                    await task
         if self._channel is not None:
             if self.registered.is_set():
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     await coord_grpc.CoordinatorStub(self._channel).DeregisterNode(
-                        coord_pb.DeregisterNodeRequest(node_id=self.info.node_id), timeout=2.0)
+                        coord_pb.DeregisterNodeRequest(node_id=self.info.node_id, lease=self.lease), timeout=2.0)
             await self._channel.close()
 
 
@@ -128,8 +173,12 @@ class NodeIdentity:
 async def serve_node(name: str, server: grpc.aio.Server, identity: NodeIdentity, *, listen: str,
                      security: rpc.SecurityConfig, load: Callable[[], common_pb2.NodeLoad],
                      coordinator: str | None, heartbeat_interval_s: float, advertise: str | None = None,
-                     on_stopping: Callable[[], Awaitable[None]] | None = None) -> None:
-    """``serve_until_stopped`` for an edge or cloud node, registered with ``coordinator`` if given."""
+                     on_stopping: Callable[[], Awaitable[None]] | None = None,
+                     on_agent: Callable[[CoordinatorAgent], None] | None = None) -> None:
+    """``serve_until_stopped`` for an edge or cloud node, registered with ``coordinator`` if given.
+
+    ``on_agent`` receives the ``CoordinatorAgent`` once it has started (e.g. for its cloud list).
+    """
     agent: CoordinatorAgent | None = None
 
     async def started(address: str) -> None:
@@ -141,6 +190,8 @@ async def serve_node(name: str, server: grpc.aio.Server, identity: NodeIdentity,
                                            device=identity.device, cpu_cores=os.cpu_count() or 0))
             agent = CoordinatorAgent(coordinator, info, load, security=security, interval_s=heartbeat_interval_s)
             await agent.start()
+            if on_agent is not None:
+                on_agent(agent)
 
     async def stopping() -> None:
         if agent is not None:

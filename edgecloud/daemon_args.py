@@ -21,14 +21,31 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-key", help="server private key (PEM)")
     group.add_argument("--tls-ca", help="CA bundle (PEM) to verify the servers this process dials")
     group.add_argument("--auth-token", default=os.environ.get("EDGECLOUD_AUTH_TOKEN"),
-                       help="bearer token required by listeners and sent to peers "
+                       help="client token: bearer token required by listeners and sent to peers "
                             "(default: $EDGECLOUD_AUTH_TOKEN)")
+    group.add_argument("--node-token", default=os.environ.get("EDGECLOUD_NODE_TOKEN"),
+                       help="node token: the credential nodes register with the coordinator by (it "
+                            "requires it on RegisterNode/Heartbeat/DeregisterNode); must differ from "
+                            "--auth-token (default: $EDGECLOUD_NODE_TOKEN)")
     group.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def security_from_args(args: argparse.Namespace) -> SecurityConfig:
-    return SecurityConfig(tls_cert_path=args.tls_cert, tls_key_path=args.tls_key, tls_ca_path=args.tls_ca,
-                          auth_token=args.auth_token)
+def security_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> SecurityConfig:
+    """The security settings of ``args``; with ``parser``, a bad combination exits 2 with its message."""
+    try:
+        return SecurityConfig(tls_cert_path=args.tls_cert, tls_key_path=args.tls_key, tls_ca_path=args.tls_ca,
+                              auth_token=args.auth_token, node_token=args.node_token)
+    except ValueError as exc:
+        if parser is None:
+            raise
+        parser.error(str(exc))
+
+
+def check_node_credentials(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A node that registers with a coordinator under token auth needs the node token."""
+    if args.coordinator and args.auth_token and not args.node_token:
+        parser.error("--coordinator with --auth-token needs --node-token (or $EDGECLOUD_NODE_TOKEN): "
+                     "a coordinator with auth accepts registrations only with the node token")
 
 
 def setup_logging(level: str) -> None:

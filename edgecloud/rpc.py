@@ -1,8 +1,9 @@
 """Shared gRPC plumbing for the daemons and the client SDK.
 
-Message-size limits and keepalive options, optional TLS, bearer-token authentication (a
-server interceptor that answers UNAUTHENTICATED, a client interceptor that attaches the
-token) and ``start_server``, which binds (port 0 allowed) and returns the real port.
+Message-size limits, keepalive and reconnect-backoff options, optional TLS, bearer-token
+authentication (a server interceptor that answers UNAUTHENTICATED, a client interceptor that
+attaches the token; a second, node token for the methods only nodes may call) and
+``start_server``, which binds (port 0 allowed) and returns the real port.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,17 @@ import grpc.aio
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
-KEEPALIVE_TIME_MS = 30_000  # ping an idle connection this often
-KEEPALIVE_TIMEOUT_MS = 10_000  # and drop it when a ping goes unanswered this long
+# A hung peer is noticed within KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS (10 s): every connection,
+# idle or not, is pinged this often and dropped when a ping goes unanswered this long.
+KEEPALIVE_TIME_MS = 5_000
+KEEPALIVE_TIMEOUT_MS = 5_000
+# A peer back on its port is dialled again within about MAX_RECONNECT_BACKOFF_MS (grpc's
+# default grows to 120 s, so a cached channel kept failing for many seconds after an outage).
+INITIAL_RECONNECT_BACKOFF_MS = 500
+MAX_RECONNECT_BACKOFF_MS = 1_500
+# How long one connection attempt (TCP + TLS + HTTP/2 handshake) may take: a hung peer whose
+# kernel still accepts TCP fails over in this long (grpc's default is 20 s).
+CONNECT_TIMEOUT_MS = 5_000
 AUTH_METADATA_KEY = "authorization"
 
 ChannelOptions = list[tuple[str, Any]]
@@ -42,12 +52,22 @@ class SecurityConfig:
     tls_ca_path: str | None = None
     auth_token: str | None = None
     tls_server_name: str | None = None
+    node_token: str | None = None  # the node credential: registry calls to the coordinator
 
     def __post_init__(self) -> None:
         if (self.tls_cert_path is None) != (self.tls_key_path is None):
             raise ValueError("tls_cert_path and tls_key_path must be given together")
         if self.auth_token is not None and not self.auth_token.strip():
             raise ValueError("auth_token is empty")
+        if self.node_token is not None and not self.node_token.strip():
+            raise ValueError("node_token is empty")
+        if self.node_token is not None and self.node_token == self.auth_token:
+            raise ValueError("the node token must differ from the client auth token "
+                             "(a client must not be able to register nodes)")
+
+    def as_node(self) -> SecurityConfig:
+        """The settings a node dials the coordinator's registry with: the node token as its bearer token."""
+        return replace(self, auth_token=self.node_token, node_token=None)
 
     @property
     def server_tls(self) -> bool:
@@ -66,8 +86,13 @@ def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Channe
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
+        # Accept the clients' pings every KEEPALIVE_TIME_MS, with or without calls in flight
+        # (a stricter server answers them with GOAWAY too_many_pings).
         ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+        ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+        ("grpc.http2.max_pings_without_data", 0),
         ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ]
 
 
@@ -81,6 +106,12 @@ def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # Any ping (not only keepalive's: grpc also pings after a cancelled stream) times out this
+        # soon; grpc's default of 60 s let a hung peer hold a request for a minute.
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+        ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
     ]
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
@@ -114,29 +145,49 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Rejects every call without ``authorization: Bearer <token>`` with UNAUTHENTICATED.
 
     The request is not deserialized before the check. ``exempt`` lists full method names
-    (``/package.Service/Method``) that need no token, e.g. health checks.
+    (``/package.Service/Method``) that need no token, e.g. health checks. ``node_methods``
+    need ``node_token`` instead of ``token`` (the client token there: PERMISSION_DENIED);
+    ``token`` None leaves the other methods open.
     """
 
-    def __init__(self, token: str, exempt: Iterable[str] = ()) -> None:
-        if not token:
+    def __init__(self, token: str | None, exempt: Iterable[str] = (), *, node_token: str | None = None,
+                 node_methods: Iterable[str] = ()) -> None:
+        if token is not None and not token:
             raise ValueError("auth token is empty")
-        self._expected = f"Bearer {token}".encode()
+        if node_token is not None and not node_token:
+            raise ValueError("node token is empty")
+        if token is None and node_token is None:
+            raise ValueError("token auth needs a client token or a node token")
+        self._expected = f"Bearer {token}".encode() if token is not None else None
+        self._node_expected = f"Bearer {node_token}".encode() if node_token is not None else None
         self._exempt = frozenset(exempt)
+        self._node_methods = frozenset(node_methods) if node_token is not None else frozenset()
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method in self._exempt:
+        method = handler_call_details.method
+        if handler is None or method in self._exempt:
+            return handler
+        node_method = method in self._node_methods
+        expected = self._node_expected if node_method else self._expected
+        if expected is None:
             return handler
         presented = _metadata_value(handler_call_details.invocation_metadata, AUTH_METADATA_KEY)
-        if presented is not None and hmac.compare_digest(presented.encode(), self._expected):
+        given = presented.encode() if presented is not None else b""
+        if presented is not None and hmac.compare_digest(given, expected):
             return handler
+        if node_method and self._expected is not None and hmac.compare_digest(given, self._expected):
+            log.warning("rejected %s: a client token where the node token is needed", method)
+            return _abort_handler(handler, grpc.StatusCode.PERMISSION_DENIED,
+                                  "this method needs the node token, not the client token")
         why = "missing" if presented is None else "invalid"
-        log.warning("rejected %s: %s bearer token", handler_call_details.method, why)
+        what = "node token" if node_method else "bearer token"
+        log.warning("rejected %s: %s %s", method, why, what)
         return _abort_handler(handler, grpc.StatusCode.UNAUTHENTICATED,
-                              f"{why} bearer token: send metadata 'authorization: Bearer <token>'")
+                              f"{why} {what}: send metadata 'authorization: Bearer <token>'")
 
 
 def _metadata_value(metadata: Sequence[tuple[str, Any]] | None, key: str) -> str | None:
@@ -216,12 +267,18 @@ def create_channel(target: str, security: SecurityConfig | None = None, *,
 
 def create_server(security: SecurityConfig | None = None, *,
                   max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                  interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
-    """A ``grpc.aio`` server with limits and keepalive, and token auth when configured."""
+                  interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+                  node_methods: Iterable[str] = ()) -> grpc.aio.Server:
+    """A ``grpc.aio`` server with limits and keepalive, and token auth when configured.
+
+    ``node_methods`` (full method names) take ``security.node_token`` instead of the client token.
+    """
     security = security or SecurityConfig()
     chain = list(interceptors)
-    if security.auth_token:
-        chain.insert(0, TokenAuthInterceptor(security.auth_token))
+    node_methods = tuple(node_methods) if security.node_token else ()
+    if security.auth_token or node_methods:
+        chain.insert(0, TokenAuthInterceptor(security.auth_token, node_token=security.node_token,
+                                             node_methods=node_methods))
     return grpc.aio.server(options=server_options(max_message_bytes), interceptors=chain)
 
 

@@ -26,7 +26,7 @@ from edgecloud.v1 import common_pb2 as edgecloud_dot_v1_dot_common__pb2
 from edgecloud.v1 import generation_pb2 as edgecloud_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65\x64gecloud/v1/coordinator.proto\x12\x0c\x65\x64gecloud.v1\x1a\x19\x65\x64gecloud/v1/common.proto\x1a\x1d\x65\x64gecloud/v1/generation.proto\"0\n\x17GetClusterStatusRequest\x12\x15\n\rinclude_stale\x18\x01 \x01(\x08\"\x7f\n\nNodeStatus\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.edgecloud.v1.NodeInfo\x12$\n\x04load\x18\x02 \x01(\x0b\x32\x16.edgecloud.v1.NodeLoad\x12\x17\n\x0flast_seen_s_ago\x18\x03 \x01(\x01\x12\x0c\n\x04live\x18\x04 \x01(\x08\"\xbf\x01\n\rClusterStatus\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.edgecloud.v1.NodeStatus\x12\x17\n\x0f\x61\x63tive_requests\x18\x02 \x01(\x05\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x17\n\x0frequests_served\x18\x05 \x01(\x03\x12\x19\n\x11\x63loud_round_trips\x18\x06 \x01(\x03\x12\x15\n\routput_tokens\x18\x07 \x01(\x03\"a\n\x13RegisterNodeRequest\x12$\n\x04node\x18\x01 \x01(\x0b\x32\x16.edgecloud.v1.NodeInfo\x12$\n\x04load\x18\x02 \x01(\x0b\x32\x16.edgecloud.v1.NodeLoad\"H\n\x14RegisterNodeResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\x12\x12\n\nnode_ttl_s\x18\x02 \x01(\x01\"I\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12$\n\x04load\x18\x02 \x01(\x0b\x32\x16.edgecloud.v1.NodeLoad\"1\n\x11HeartbeatResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\"(\n\x15\x44\x65registerNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65registerNodeResponse2\xb1\x03\n\x0b\x43oordinator\x12H\n\x08Generate\x12\x1d.edgecloud.v1.GenerateRequest\x1a\x1b.edgecloud.v1.GenerateEvent0\x01\x12V\n\x10GetClusterStatus\x12%.edgecloud.v1.GetClusterStatusRequest\x1a\x1b.edgecloud.v1.ClusterStatus\x12U\n\x0cRegisterNode\x12!.edgecloud.v1.RegisterNodeRequest\x1a\".edgecloud.v1.RegisterNodeResponse\x12L\n\tHeartbeat\x12\x1e.edgecloud.v1.HeartbeatRequest\x1a\x1f.edgecloud.v1.HeartbeatResponse\x12[\n\x0e\x44\x65registerNode\x12#.edgecloud.v1.DeregisterNodeRequest\x1a$.edgecloud.v1.DeregisterNodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65\x64gecloud/v1/coordinator.proto\x12\x0c\x65\x64gecloud.v1\x1a\x19\x65\x64gecloud/v1/common.proto\x1a\x1d\x65\x64gecloud/v1/generation.proto\"0\n\x17GetClusterStatusRequest\x12\x15\n\rinclude_stale\x18\x01 \x01(\x08\"\x90\x01\n\nNodeStatus\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.edgecloud.v1.NodeInfo\x12$\n\x04load\x18\x02 \x01(\x0b\x32\x16.edgecloud.v1.NodeLoad\x12\x17\n\x0flast_seen_s_ago\x18\x03 \x01(\x01\x12\x0c\n\x04live\x18\x04 \x01(\x08\x12\x0f\n\x07suspect\x18\x05 \x01(\x08\"\xbf\x01\n\rClusterStatus\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.edgecloud.v1.NodeStatus\x12\x17\n\x0f\x61\x63tive_requests\x18\x02 \x01(\x05\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x17\n\x0frequests_served\x18\x05 \x01(\x03\x12\x19\n\x11\x63loud_round_trips\x18\x06 \x01(\x03\x12\x15\n\routput_tokens\x18\x07 \x01(\x03\"p\n\x13RegisterNodeRequest\x12$\n\x04node\x18\x01 \x01(\x0b\x32\x16.edgecloud.v1.NodeInfo\x12$\n\x04load\x18\x02 \x01(\x0b\x32\x16.edgecloud.v1.NodeLoad\x12\r\n\x05lease\x18\x03 \x01(\t\"p\n\x14RegisterNodeResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\x12\x12\n\nnode_ttl_s\x18\x02 \x01(\x01\x12\r\n\x05lease\x18\x03 \x01(\t\x12\x17\n\x0f\x63loud_addresses\x18\x04 \x03(\t\"X\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12$\n\x04load\x18\x02 \x01(\x0b\x32\x16.edgecloud.v1.NodeLoad\x12\r\n\x05lease\x18\x03 \x01(\t\"J\n\x11HeartbeatResponse\x12\x1c\n\x14heartbeat_interval_s\x18\x01 \x01(\x01\x12\x17\n\x0f\x63loud_addresses\x18\x02 \x03(\t\"7\n\x15\x44\x65registerNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05lease\x18\x02 \x01(\t\"\x18\n\x16\x44\x65registerNodeResponse2\xb1\x03\n\x0b\x43oordinator\x12H\n\x08Generate\x12\x1d.edgecloud.v1.GenerateRequest\x1a\x1b.edgecloud.v1.GenerateEvent0\x01\x12V\n\x10GetClusterStatus\x12%.edgecloud.v1.GetClusterStatusRequest\x1a\x1b.edgecloud.v1.ClusterStatus\x12U\n\x0cRegisterNode\x12!.edgecloud.v1.RegisterNodeRequest\x1a\".edgecloud.v1.RegisterNodeResponse\x12L\n\tHeartbeat\x12\x1e.edgecloud.v1.HeartbeatRequest\x1a\x1f.edgecloud.v1.HeartbeatResponse\x12[\n\x0e\x44\x65registerNode\x12#.edgecloud.v1.DeregisterNodeRequest\x1a$.edgecloud.v1.DeregisterNodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,22 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=106
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=154
-  _globals['_NODESTATUS']._serialized_start=156
-  _globals['_NODESTATUS']._serialized_end=283
-  _globals['_CLUSTERSTATUS']._serialized_start=286
-  _globals['_CLUSTERSTATUS']._serialized_end=477
-  _globals['_REGISTERNODEREQUEST']._serialized_start=479
-  _globals['_REGISTERNODEREQUEST']._serialized_end=576
-  _globals['_REGISTERNODERESPONSE']._serialized_start=578
-  _globals['_REGISTERNODERESPONSE']._serialized_end=650
-  _globals['_HEARTBEATREQUEST']._serialized_start=652
-  _globals['_HEARTBEATREQUEST']._serialized_end=725
-  _globals['_HEARTBEATRESPONSE']._serialized_start=727
-  _globals['_HEARTBEATRESPONSE']._serialized_end=776
-  _globals['_DEREGISTERNODEREQUEST']._serialized_start=778
-  _globals['_DEREGISTERNODEREQUEST']._serialized_end=818
-  _globals['_DEREGISTERNODERESPONSE']._serialized_start=820
-  _globals['_DEREGISTERNODERESPONSE']._serialized_end=844
-  _globals['_COORDINATOR']._serialized_start=847
-  _globals['_COORDINATOR']._serialized_end=1280
+  _globals['_NODESTATUS']._serialized_start=157
+  _globals['_NODESTATUS']._serialized_end=301
+  _globals['_CLUSTERSTATUS']._serialized_start=304
+  _globals['_CLUSTERSTATUS']._serialized_end=495
+  _globals['_REGISTERNODEREQUEST']._serialized_start=497
+  _globals['_REGISTERNODEREQUEST']._serialized_end=609
+  _globals['_REGISTERNODERESPONSE']._serialized_start=611
+  _globals['_REGISTERNODERESPONSE']._serialized_end=723
+  _globals['_HEARTBEATREQUEST']._serialized_start=725
+  _globals['_HEARTBEATREQUEST']._serialized_end=813
+  _globals['_HEARTBEATRESPONSE']._serialized_start=815
+  _globals['_HEARTBEATRESPONSE']._serialized_end=889
+  _globals['_DEREGISTERNODEREQUEST']._serialized_start=891
+  _globals['_DEREGISTERNODEREQUEST']._serialized_end=946
+  _globals['_DEREGISTERNODERESPONSE']._serialized_start=948
+  _globals['_DEREGISTERNODERESPONSE']._serialized_end=972
+  _globals['_COORDINATOR']._serialized_start=975
+  _globals['_COORDINATOR']._serialized_end=1408
 # @@protoc_insertion_point(module_scope)

@@ -15,16 +15,18 @@ class GetClusterStatusRequest(_message.Message):
     def __init__(self, include_stale: _Optional[bool] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("info", "load", "last_seen_s_ago", "live")
+    __slots__ = ("info", "load", "last_seen_s_ago", "live", "suspect")
     INFO_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_S_AGO_FIELD_NUMBER: _ClassVar[int]
     LIVE_FIELD_NUMBER: _ClassVar[int]
+    SUSPECT_FIELD_NUMBER: _ClassVar[int]
     info: _common_pb2.NodeInfo
     load: _common_pb2.NodeLoad
     last_seen_s_ago: float
     live: bool
-    def __init__(self, info: _Optional[_Union[_common_pb2.NodeInfo, _Mapping]] = ..., load: _Optional[_Union[_common_pb2.NodeLoad, _Mapping]] = ..., last_seen_s_ago: _Optional[float] = ..., live: _Optional[bool] = ...) -> None: ...
+    suspect: bool
+    def __init__(self, info: _Optional[_Union[_common_pb2.NodeInfo, _Mapping]] = ..., load: _Optional[_Union[_common_pb2.NodeLoad, _Mapping]] = ..., last_seen_s_ago: _Optional[float] = ..., live: _Optional[bool] = ..., suspect: _Optional[bool] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
     __slots__ = ("nodes", "active_requests", "uptime_s", "version", "requests_served", "cloud_round_trips", "output_tokens")
@@ -45,40 +47,52 @@ class ClusterStatus(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., active_requests: _Optional[int] = ..., uptime_s: _Optional[float] = ..., version: _Optional[str] = ..., requests_served: _Optional[int] = ..., cloud_round_trips: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
 
 class RegisterNodeRequest(_message.Message):
-    __slots__ = ("node", "load")
+    __slots__ = ("node", "load", "lease")
     NODE_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     node: _common_pb2.NodeInfo
     load: _common_pb2.NodeLoad
-    def __init__(self, node: _Optional[_Union[_common_pb2.NodeInfo, _Mapping]] = ..., load: _Optional[_Union[_common_pb2.NodeLoad, _Mapping]] = ...) -> None: ...
+    lease: str
+    def __init__(self, node: _Optional[_Union[_common_pb2.NodeInfo, _Mapping]] = ..., load: _Optional[_Union[_common_pb2.NodeLoad, _Mapping]] = ..., lease: _Optional[str] = ...) -> None: ...
 
 class RegisterNodeResponse(_message.Message):
-    __slots__ = ("heartbeat_interval_s", "node_ttl_s")
+    __slots__ = ("heartbeat_interval_s", "node_ttl_s", "lease", "cloud_addresses")
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     NODE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_s: float
     node_ttl_s: float
-    def __init__(self, heartbeat_interval_s: _Optional[float] = ..., node_ttl_s: _Optional[float] = ...) -> None: ...
+    lease: str
+    cloud_addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, heartbeat_interval_s: _Optional[float] = ..., node_ttl_s: _Optional[float] = ..., lease: _Optional[str] = ..., cloud_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "load")
+    __slots__ = ("node_id", "load", "lease")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     load: _common_pb2.NodeLoad
-    def __init__(self, node_id: _Optional[str] = ..., load: _Optional[_Union[_common_pb2.NodeLoad, _Mapping]] = ...) -> None: ...
+    lease: str
+    def __init__(self, node_id: _Optional[str] = ..., load: _Optional[_Union[_common_pb2.NodeLoad, _Mapping]] = ..., lease: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("heartbeat_interval_s",)
+    __slots__ = ("heartbeat_interval_s", "cloud_addresses")
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_s: float
-    def __init__(self, heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+    cloud_addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, heartbeat_interval_s: _Optional[float] = ..., cloud_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeregisterNodeRequest(_message.Message):
-    __slots__ = ("node_id",)
+    __slots__ = ("node_id", "lease")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+    lease: str
+    def __init__(self, node_id: _Optional[str] = ..., lease: _Optional[str] = ...) -> None: ...
 
 class DeregisterNodeResponse(_message.Message):
     __slots__ = ()

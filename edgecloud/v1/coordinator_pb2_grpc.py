@@ -81,13 +81,16 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterNode(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """ALREADY_EXISTS when the id is live under another lease; RESOURCE_EXHAUSTED when the
+        registry is full; INVALID_ARGUMENT for a bad address or an oversized id, label or model name.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
         """NOT_FOUND when the node is unknown (expired or never registered): register again.
+        PERMISSION_DENIED when the lease is not the node's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
