@@ -21,6 +21,10 @@ app.add_typer(reward_app, name="reward")
 
 err = Console(stderr=True)
 DEMO_PROMPT = "Write a Python function that returns the n-th Fibonacci number iteratively."
+# Defaults that show routing on DEMO_PROMPT: with the real 0.5B SLM, entropy at a 10% target share flagged
+# 0 of 128 tokens (no cloud call at all); max-prob at 20% flags 8.
+DEMO_POLICY = "max-prob"
+DEMO_CLOUD_SHARE = 0.2
 
 DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
 
@@ -143,8 +147,8 @@ def coordinator(ctx: typer.Context) -> None:
 def demo(
     prompt: Annotated[str, typer.Option(help="the coding prompt")] = DEMO_PROMPT,
     max_tokens: Annotated[int, typer.Option(min=1, max=1024)] = 128,
-    policy: Annotated[str, typer.Option(help="routing policy of the hybrid run")] = "entropy",
-    target_cloud_share: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.1,
+    policy: Annotated[str, typer.Option(help="routing policy of the hybrid run")] = DEMO_POLICY,
+    target_cloud_share: Annotated[float, typer.Option(min=0.0, max=1.0)] = DEMO_CLOUD_SHARE,
     slm: Annotated[str, typer.Option(help="edge model")] = "qwen2.5-coder-0.5b-instruct",
     llm: Annotated[str, typer.Option(help="cloud model")] = "qwen2.5-coder-1.5b-instruct",
     compare: Annotated[bool, typer.Option(help="also run SLM-only and LLM-only for the table")] = True,

@@ -74,3 +74,16 @@ def test_real_pair_through_the_daemons(folder, tmp_path) -> None:
         assert 0.0 <= summary.cloud_share <= 1.0
         assert (summary.bytes_up > 0) == (summary.cloud_round_trips > 0)
         client.close()
+
+
+def test_demo_defaults_show_the_cloud_taking_part(folder) -> None:
+    """`edgecloud demo` at its defaults must make cloud calls on its own prompt (issue 9, item 12)."""
+    from rich.console import Console
+
+    from edgecloud.cli import DEMO_CLOUD_SHARE, DEMO_POLICY, DEMO_PROMPT
+    from edgecloud.demo import run_demo
+
+    summaries = run_demo(prompt=DEMO_PROMPT, max_tokens=128, policy=DEMO_POLICY, target_cloud_share=DEMO_CLOUD_SHARE,
+                         slm="qwen2.5-coder-0.5b-instruct", llm="qwen2.5-coder-1.5b-instruct", compare=False,
+                         console=Console(quiet=True))
+    assert summaries[DEMO_POLICY].cloud_round_trips > 0

@@ -1,11 +1,10 @@
 """Calibration material for a policy's threshold (``policy.calibrate`` picks the quantile).
 
-Two sources, both from the standard library's ``calibration`` split (never evaluation
-prompts): ``calibration_tasks`` builds code-completion requests from its documented
-functions — the edge model's *own generations* on them have the uncertainty profile of
-served requests, which teacher-forced human code does not (the model is far more
-uncertain reading someone else's code than writing its own); ``teacher_forced_features``
-reads text as written. ``code_tasks`` (any split, several functions per file) and
+From the standard library's ``calibration`` split (never evaluation prompts):
+``calibration_tasks`` builds code-completion requests from its documented functions — the
+edge model's *own generations* on them have the uncertainty profile of served requests,
+which teacher-forced human code does not (the model is far more uncertain reading someone
+else's code than writing its own). ``code_tasks`` (any split, several functions per file) and
 ``teacher_forced_pass`` are shared with the reward-head data (``reward_data``).
 """
 
@@ -22,13 +21,8 @@ import torch
 
 from edgecloud.corpus import Split, stdlib_files, stdlib_relative
 from edgecloud.models.llama import LlamaModel
-from edgecloud.routing.features import TokenFeatures, uncertainty
+from edgecloud.routing.features import uncertainty
 from edgecloud.routing.prompts import completion_request
-
-
-def calibration_texts(max_files: int = 8, max_chars: int = 3000) -> list[str]:
-    """The first characters of a few files of the calibration split."""
-    return [path.read_text(errors="replace")[:max_chars] for path in stdlib_files("calibration")[:max_files]]
 
 
 @dataclass(frozen=True)
@@ -136,11 +130,3 @@ def teacher_forced_pass(model: LlamaModel, token_ids: Sequence[int], *, start: i
     greedy, entropy, max_prob, margin, logprob = (torch.cat(column) for column in zip(*parts, strict=True))
     normed = model.norm(hidden)[0].float() if with_hidden else None
     return ForcedPass(greedy, entropy, max_prob, margin, normed, logprob if score_tokens is not None else None)
-
-
-def teacher_forced_features(model: LlamaModel, token_ids: Sequence[int], *,
-                            with_hidden: bool = False) -> list[TokenFeatures]:
-    """Features of the model's next-token distribution at every position of ``token_ids``."""
-    tf = teacher_forced_pass(model, token_ids, with_hidden=with_hidden)
-    return [TokenFeatures(float(tf.entropy[i]), float(tf.max_prob[i]), float(tf.margin[i]), i,
-                          None if tf.hidden is None else tf.hidden[i]) for i in range(len(token_ids))]
