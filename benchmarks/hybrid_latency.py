@@ -98,6 +98,10 @@ def aggregate(label: str, summaries: list[Summary], slm_wall_per_token: float | 
         "edge_compute_s": sum(s.edge_compute_s for s in summaries),
         "cloud_compute_s": sum(s.cloud_compute_s for s in summaries),
         "wall_s": wall, "tokens_per_s_loopback": tokens / wall,
+        # Clocks run from request arrival: time to first token (prompt prefill, and for cloud configurations
+        # the cloud's prefill too) apart from the decode rate of the tokens after the first.
+        "time_to_first_token_s_mean": statistics.mean(s.time_to_first_token_s for s in summaries),
+        "decode_tokens_per_s": (tokens - len(summaries)) / (wall - sum(s.time_to_first_token_s for s in summaries)),
         "mean_window": statistics.mean([w for s in summaries for w in s.window_sizes] or [0]),
         "background_calls_per_token": sum(s.cloud_background_calls for s in summaries) / tokens,
     }
