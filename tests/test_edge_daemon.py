@@ -35,7 +35,7 @@ MAX = 24
 def pair(tmp_path_factory, make_tiny_pair):
     """A one-session cloud (every other session evicts the last) and an edge that uses it by default."""
     root = tmp_path_factory.mktemp("edge-daemon")
-    folders = make_tiny_pair(root, (31, 32))
+    folders = make_tiny_pair(root, (21, 22))  # the guarded pair (conftest.PAIR_SEEDS)
     with DaemonGroup(log_dir=root / "logs") as group:
         cloud = group.start("cloud", ["-m", "edgecloud.cloud_node", "--model", str(folders["llm"]), "--dtype", "fp32",
                                       "--listen", "127.0.0.1:0", "--max-sessions", "1", "--threads", "1",

@@ -17,8 +17,8 @@ from edgecloud.routing.router import Accounting
 @pytest.fixture(scope="module")
 def engine_and_store(tiny_tokenizer_folder, make_tiny_model):
     tokenizer = Tokenizer.from_folder(tiny_tokenizer_folder)
-    slm = make_tiny_model(11, vocab=tokenizer.vocab_size)
-    llm = make_tiny_model(12, vocab=tokenizer.vocab_size, layers=3)
+    slm = make_tiny_model(21, vocab=tokenizer.vocab_size)  # the guarded pair (conftest.PAIR_SEEDS)
+    llm = make_tiny_model(22, vocab=tokenizer.vocab_size, layers=3)
     return EdgeEngine(slm, tokenizer, max_tokens_limit=64), SessionStore(llm), llm
 
 

@@ -60,7 +60,7 @@ max_new_tokens = 8
 
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory, make_tiny_pair) -> dict[str, Path]:
-    return make_tiny_pair(tmp_path_factory.mktemp("runner-models"), (31, 32))
+    return make_tiny_pair(tmp_path_factory.mktemp("runner-models"), (21, 22))  # conftest.PAIR_SEEDS
 
 
 def _experiment(tiny_pair: dict[str, Path], text: str = EXPERIMENT):

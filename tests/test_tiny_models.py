@@ -1,0 +1,40 @@
+"""The guard on the tiny test models: a test of the router on models that repeat one token, or whose
+SLM and LLM always (or never) agree, cannot fail when the router is broken.
+
+Greedy outputs must be varied (at least half of the tokens distinct) and the SLM, teacher-forced on
+the LLM's greedy output, must pick the LLM's token on 30-80% of the positions.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from edgecloud.models.generate import generate_ids
+from edgecloud.models.tokenizer import Tokenizer
+
+
+def test_token_fixtures_are_varied_and_partly_agree(slm, llm, tiny_guard) -> None:
+    stats = tiny_guard.check(slm, llm, tiny_guard.prompts)
+    print(stats)
+
+
+def test_text_pair_is_varied_and_partly_agrees(tiny_tokenizer_folder, make_tiny_model, tiny_guard) -> None:
+    tokenizer = Tokenizer.from_folder(tiny_tokenizer_folder)
+    seeds = tiny_guard.pair_seeds
+    slm = make_tiny_model(seeds[0], vocab=tokenizer.vocab_size)
+    llm = make_tiny_model(seeds[1], vocab=tokenizer.vocab_size, layers=3)
+    stats = tiny_guard.check(slm, llm, [tokenizer.prompt_ids(text) for text in tiny_guard.text_prompts])
+    print(stats)
+
+
+def test_outputs_depend_on_more_than_the_last_token(slm, llm) -> None:
+    """Two prompts that end alike continue differently: the models read the context, not just one token."""
+    for model in (slm, llm):
+        first = list(generate_ids(model, [3, 14, 15, 9, 2, 6], max_new_tokens=12))
+        second = list(generate_ids(model, [40, 33, 7, 9, 2, 6], max_new_tokens=12))
+        assert first != second
+
+
+def test_guard_rejects_a_pair_that_always_agrees(slm, tiny_guard) -> None:
+    with pytest.raises(AssertionError, match="agree too rarely or too often"):
+        tiny_guard.check(slm, slm, tiny_guard.prompts[:2])
