@@ -179,14 +179,13 @@ def tiny_guard() -> SimpleNamespace:
 
 
 @pytest.fixture(scope="session")
-def tiny_models() -> tuple[LlamaModel, LlamaModel]:
+def tiny_models() -> tuple[LlamaModel, LlamaModel, GuardStats]:
     """The SLM (seed 5, 2 layers) and the LLM (seed 2, 3 layers) over the 64-token vocabulary, guarded.
 
     Seeds are picked to pass the guard (SLM seed 1 repeats itself a little too much: 0.49 distinct).
     """
     slm, llm = tiny_model(5), tiny_model(2, layers=3)
-    check_guard(slm, llm)
-    return slm, llm
+    return slm, llm, check_guard(slm, llm)
 
 
 @pytest.fixture(scope="session")
@@ -222,7 +221,8 @@ def make_tiny_pair(tiny_tokenizer_folder):
     def build(root: Path, seeds: tuple[int, int]) -> dict[str, Path]:
         models = {"slm": tiny_model(seeds[0], vocab=tokenizer.vocab_size, layers=2),
                   "llm": tiny_model(seeds[1], vocab=tokenizer.vocab_size, layers=3)}
-        check_guard(models["slm"], models["llm"], prompts)
+        if seeds not in build.guarded:  # once per session and pair
+            build.guarded[seeds] = check_guard(models["slm"], models["llm"], prompts)
         folders = {}
         for name, model in models.items():
             folder = root / name
@@ -230,6 +230,7 @@ def make_tiny_pair(tiny_tokenizer_folder):
             save_model(model, folder)
             folders[name] = folder
         return folders
+    build.guarded = {}  # seeds -> GuardStats
     return build
 
 

@@ -10,21 +10,21 @@ from __future__ import annotations
 import pytest
 
 from edgecloud.models.generate import generate_ids
-from edgecloud.models.tokenizer import Tokenizer
 
 
-def test_token_fixtures_are_varied_and_partly_agree(slm, llm, tiny_guard) -> None:
-    stats = tiny_guard.check(slm, llm, tiny_guard.prompts)
-    print(stats)
+def _assert_guarded(stats) -> None:
+    assert stats.slm_distinct >= 0.5 and stats.llm_distinct >= 0.5, stats
+    assert 0.3 <= stats.agreement <= 0.8, stats
 
 
-def test_text_pair_is_varied_and_partly_agrees(tiny_tokenizer_folder, make_tiny_model, tiny_guard) -> None:
-    tokenizer = Tokenizer.from_folder(tiny_tokenizer_folder)
-    seeds = tiny_guard.pair_seeds
-    slm = make_tiny_model(seeds[0], vocab=tokenizer.vocab_size)
-    llm = make_tiny_model(seeds[1], vocab=tokenizer.vocab_size, layers=3)
-    stats = tiny_guard.check(slm, llm, [tokenizer.prompt_ids(text) for text in tiny_guard.text_prompts])
-    print(stats)
+def test_token_fixtures_are_varied_and_partly_agree(tiny_models) -> None:
+    _assert_guarded(tiny_models[2])  # measured by the fixture on its models
+
+
+def test_text_pair_is_varied_and_partly_agrees(tmp_path, make_tiny_pair, tiny_guard) -> None:
+    folders = make_tiny_pair(tmp_path, tiny_guard.pair_seeds)
+    assert set(folders) == {"slm", "llm"}
+    _assert_guarded(make_tiny_pair.guarded[tiny_guard.pair_seeds])
 
 
 def test_outputs_depend_on_more_than_the_last_token(slm, llm) -> None:
