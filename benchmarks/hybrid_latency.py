@@ -122,7 +122,7 @@ def free_port() -> int:
 def proxy_check(problems: list[Problem], slm_path: Path, llm_path: Path, max_tokens: int, one_way_ms: float,
                 label: str, policy: str, threshold: float | None, prefetch: bool, loopback_row: dict) -> dict:
     """Run one configuration with the cloud behind the shaping proxy; compare with the latency model."""
-    from edgecloud.simulator.background import LoopThread
+    from edgecloud.loop_thread import LoopThread
     from edgecloud.simulator.profiles import LinkProfile
     from edgecloud.simulator.proxy import ShapingProxy
 

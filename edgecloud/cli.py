@@ -26,7 +26,6 @@ DEMO_PROMPT = "Write a Python function that returns the n-th Fibonacci number it
 DEMO_POLICY = "max-prob"
 DEMO_CLOUD_SHARE = 0.2
 
-DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
 
 
 def _fail(message: str) -> typer.Exit:
@@ -79,21 +78,19 @@ def generate(
     dtype: Annotated[str, typer.Option(help="bf16 | fp32 | fp16")] = "bf16",
 ) -> None:
     """Generate locally with one model, streaming the text, then print tokens/s."""
-    import torch
 
+    from edgecloud.models.dtypes import parse_dtype
     from edgecloud.models.generate import SamplingParams, generate_ids
     from edgecloud.models.loader import load_model, resolve_source
     from edgecloud.models.tokenizer import Tokenizer
 
-    if dtype not in DTYPES:
-        raise _fail(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if not prompt.strip():
         raise _fail("the prompt is empty")
     try:
         sampling = SamplingParams(temperature=temperature, top_p=top_p or 1.0, seed=seed)
         folder = resolve_source(model)
         started = time.perf_counter()
-        llm = load_model(folder, dtype=getattr(torch, DTYPES[dtype]))
+        llm = load_model(folder, dtype=parse_dtype(dtype))
         tokenizer = Tokenizer.from_folder(folder)
     except Exception as exc:  # report any load problem as one clear line
         raise _fail(str(exc)) from exc
@@ -227,11 +224,10 @@ def reward_collect(
         collect,
         read_manifest,
     )
+    from edgecloud.models.dtypes import parse_dtype
     from edgecloud.models.loader import load_model, model_display_name, resolve_source
     from edgecloud.models.tokenizer import Tokenizer
 
-    if dtype not in ("bf16", "fp32"):
-        raise _fail(f"unknown dtype {dtype!r}; choose bf16 or fp32")
     if source not in (*SOURCES, "both"):
         raise _fail(f"unknown source {source!r}; choose teacher-forced, generated or both")
     if threads:
@@ -250,7 +246,7 @@ def reward_collect(
                 (llm_folder / "tokenizer.json").read_bytes() != (slm_folder / "tokenizer.json").read_bytes()):
             raise RewardDataError(f"{slm} and {llm} have different tokenizers: agreement needs one")
         started = time.perf_counter()
-        models = [load_model(folder, dtype=getattr(torch, DTYPES[dtype])) for folder in (slm_folder, llm_folder)]
+        models = [load_model(folder, dtype=parse_dtype(dtype)) for folder in (slm_folder, llm_folder)]
     except Exception as exc:  # report any input or load problem as one clear line
         raise _fail(str(exc)) from exc
     err.print(f"[dim]loaded {slm_folder.name} and {llm_folder.name} in {time.perf_counter() - started:.1f} s[/]")

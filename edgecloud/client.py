@@ -13,8 +13,6 @@ Every call has a deadline; failures raise ``EdgecloudError`` carrying the gRPC s
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -22,6 +20,7 @@ from typing import Literal
 import grpc
 
 from edgecloud import rpc
+from edgecloud.loop_thread import LoopThread
 from edgecloud.summary import Summary
 from edgecloud.summary import from_proto as summary_from_proto
 from edgecloud.v1 import common_pb2, generation_pb2
@@ -174,37 +173,12 @@ def _role(role: int) -> str:
     return {common_pb2.NODE_ROLE_EDGE: "edge", common_pb2.NODE_ROLE_CLOUD: "cloud"}.get(role, "unknown")
 
 
-class _LoopThread:
-    """The one event loop (on a daemon thread) that every blocking ``Client`` of a process uses.
-
-    grpc.aio binds its completion-queue poller to the first loop it runs on, so clients must
-    not each bring a loop of their own and close it.
-    """
-
-    _instance: _LoopThread | None = None
-    _lock = threading.Lock()
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, name="edgecloud-client", daemon=True).start()
-
-    @classmethod
-    def get(cls) -> _LoopThread:
-        with cls._lock:
-            if cls._instance is None:
-                cls._instance = cls()
-            return cls._instance
-
-    def run(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-
 class Client:
     """Blocking client: the ``AsyncClient`` API driven on a shared background event loop."""
 
     def __init__(self, address: str, **kwargs) -> None:
-        self._loop = _LoopThread.get()
-        self._async = self._loop.run(_make_async(address, kwargs))
+        self._loop = LoopThread.shared()
+        self._async = self._loop.run(_make_async(address, kwargs), timeout_s=None)
         self._closed = False
 
     @property
@@ -216,22 +190,22 @@ class Client:
         try:
             while True:
                 try:
-                    yield self._loop.run(stream.__anext__())
+                    yield self._loop.run(stream.__anext__(), timeout_s=None)
                 except StopAsyncIteration:
                     return
         finally:
-            self._loop.run(stream.aclose())
+            self._loop.run(stream.aclose(), timeout_s=None)
 
     def text(self, prompt: str, **kwargs) -> str:
         return "".join(e.text for e in self.generate(prompt, **kwargs) if isinstance(e, TokenEvent))
 
     def status(self, **kwargs) -> list[NodeSummary]:
-        return self._loop.run(self._async.status(**kwargs))
+        return self._loop.run(self._async.status(**kwargs), timeout_s=None)
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._loop.run(self._async.close())
+            self._loop.run(self._async.close(), timeout_s=None)
 
     def __enter__(self) -> Client:
         return self

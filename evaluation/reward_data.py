@@ -31,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from edgecloud.corpus import SPLITS, Split, stdlib_files, stdlib_relative
+from edgecloud.models.dtypes import parse_dtype
 from edgecloud.models.generate import generate_ids
 from edgecloud.models.llama import LlamaModel
 from edgecloud.models.tokenizer import Tokenizer
@@ -41,7 +42,6 @@ SOURCES = ("teacher-forced", "generated")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 FP16_MAX = 65504.0
-MODEL_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 COLUMNS = {"hidden": torch.float16, "entropy": torch.float32, "max_prob": torch.float32, "margin": torch.float32,
            "llm_logprob": torch.float32, "position": torch.int32, "agree": torch.uint8, "slm_token": torch.int32,
            "llm_token": torch.int32, "sequence": torch.int32}
@@ -73,8 +73,10 @@ class CollectConfig:
             raise RewardDataError(f"unknown splits {sorted(unknown)}; choose from {', '.join(SPLITS)}")
         if unknown := set(self.sources) - set(SOURCES):
             raise RewardDataError(f"unknown sources {sorted(unknown)}; choose from {', '.join(SOURCES)}")
-        if self.dtype not in MODEL_DTYPES:
-            raise RewardDataError(f"unknown dtype {self.dtype!r}; choose from {', '.join(MODEL_DTYPES)}")
+        try:
+            parse_dtype(self.dtype)
+        except ValueError as exc:
+            raise RewardDataError(str(exc)) from None
         minimum = {"max_files": 0, "tasks": 0, "window_tokens": 2, "max_windows_per_file": 1, "tasks_per_file": 1,
                    "max_new_tokens": 1, "sequences_per_shard": 1}
         for name, least in minimum.items():
@@ -357,8 +359,8 @@ def collect(slm: LlamaModel, llm: LlamaModel, tokenizer: Tokenizer, config: Coll
     if slm.config.vocab_size != llm.config.vocab_size:
         raise RewardDataError(f"the SLM's vocabulary ({slm.config.vocab_size}) differs from the LLM's "
                               f"({llm.config.vocab_size}): agreement needs one tokenizer")
-    wanted = MODEL_DTYPES.get(config.dtype)
-    if wanted is None or slm.dtype != wanted or llm.dtype != wanted:
+    wanted = parse_dtype(config.dtype)
+    if slm.dtype != wanted or llm.dtype != wanted:
         raise RewardDataError(f"config.dtype is {config.dtype!r} but the models are {slm.dtype} and {llm.dtype}")
     directory = DataDirectory.open(out, config)
     stats = CollectStats()

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from edgecloud.loop_thread import LoopThread
 from edgecloud.processes import DaemonGroup
-from edgecloud.simulator.background import LoopThread
 from edgecloud.simulator.experiment import Experiment, ExperimentLink
 from edgecloud.simulator.profiles import LinkProfile, Outages
 from edgecloud.simulator.proxy import ShapingProxy

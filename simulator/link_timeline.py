@@ -13,7 +13,7 @@ import asyncio
 import threading
 from typing import Any
 
-from edgecloud.simulator.background import LoopThread
+from edgecloud.loop_thread import LoopThread
 from edgecloud.simulator.cluster import Route
 from edgecloud.simulator.experiment import Experiment, TimelineEvent
 from edgecloud.simulator.profiles import DirectionProfile, LinkProfile, profile_to_dict

@@ -39,8 +39,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from edgecloud.loop_thread import LoopThread
 from edgecloud.processes import DaemonGroup
-from edgecloud.simulator.background import LoopThread
 from edgecloud.simulator.cluster import Route, SimCluster, plan_routes
 from edgecloud.simulator.experiment import EdgeSpec, Experiment
 from edgecloud.simulator.link_timeline import LinkTimeline

@@ -11,7 +11,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from edgecloud.simulator.background import LoopThread
+from edgecloud.loop_thread import LoopThread
 from edgecloud.simulator.profiles import LinkProfile, Outages
 from edgecloud.simulator.proxy import ShapingProxy
 

@@ -1,5 +1,5 @@
-"""An asyncio event loop on a background thread, for synchronous callers (gRPC sync clients,
-tests, scripts) that need proxies running beside them."""
+"""An asyncio event loop on a background thread, for synchronous callers: the blocking SDK
+``Client``, and tests and scripts that need proxies running beside them."""
 
 from __future__ import annotations
 
@@ -14,9 +14,25 @@ T = TypeVar("T")
 class LoopThread:
     """``with LoopThread() as lt: link = lt.run(ShapingProxy.create(...))``."""
 
-    def __init__(self) -> None:
+    _shared: LoopThread | None = None
+    _shared_lock = threading.Lock()
+
+    def __init__(self, name: str = "edgecloud-loop") -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="edgecloud-netem", daemon=True)
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+
+    @classmethod
+    def shared(cls) -> LoopThread:
+        """The one loop of this process that every blocking SDK client uses, started on first use.
+
+        grpc.aio binds its completion-queue poller to the first loop it runs on, so clients must
+        not each bring a loop of their own and close it.
+        """
+        with cls._shared_lock:
+            if cls._shared is None:
+                cls._shared = cls("edgecloud-client")
+                cls._shared.thread.start()
+            return cls._shared
 
     def __enter__(self) -> LoopThread:
         self.thread.start()
