@@ -4,10 +4,8 @@ streams to edge nodes; the decisions (validation, leases, placement, accounting)
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections import OrderedDict
 
 import grpc
 
@@ -72,30 +70,17 @@ class EdgeChannels:
     """Cached channels to edge nodes, one per address (least recently used closed beyond ``max_channels``)."""
 
     def __init__(self, security: rpc.SecurityConfig, *, max_message_bytes: int, max_channels: int) -> None:
-        self.security = security
-        self.max_message_bytes = max_message_bytes
-        self.max_channels = max_channels
-        self._channels: OrderedDict[str, grpc.aio.Channel] = OrderedDict()
-        self._closing: set[asyncio.Task] = set()
+        self._pool = rpc.ChannelPool(security, max_channels=max_channels, max_message_bytes=max_message_bytes)
 
     def stub(self, address: str) -> edge_node_pb2_grpc.EdgeNodeStub:
-        if address not in self._channels:
-            self._channels[address] = rpc.create_channel(address, self.security,
-                                                         max_message_bytes=self.max_message_bytes)
-            while len(self._channels) > self.max_channels:
-                _, channel = self._channels.popitem(last=False)
-                task = asyncio.get_running_loop().create_task(channel.close(grace=30.0))
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
-        self._channels.move_to_end(address)
-        return edge_node_pb2_grpc.EdgeNodeStub(self._channels[address])
+        return edge_node_pb2_grpc.EdgeNodeStub(self._pool.get(address))
 
     async def reachable(self, address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
         """Whether the node at ``address`` answers now. After an UNAVAILABLE this tells a node that
         said so itself (e.g. about its own cloud) from one that cannot be reached (refused, reset,
         keepalive timeout, hung). A channel that is not READY answers at once; a READY one (its
         state may lag a transport that just failed) is asked for its status."""
-        channel = self._channels.get(address)
+        channel = self._pool.peek(address)
         if channel is None or channel.get_state() != grpc.ChannelConnectivity.READY:
             return False
         try:
@@ -106,9 +91,7 @@ class EdgeChannels:
         return True
 
     async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
+        await self._pool.close()
 
 
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):

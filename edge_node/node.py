@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 
-import grpc
 import torch
 
 from edgecloud import rpc
@@ -33,28 +31,15 @@ class CloudChannels:
     recently used is closed beyond ``max_channels``)."""
 
     def __init__(self, security: rpc.SecurityConfig, timeout_s: float, max_channels: int = MAX_CLOUD_CHANNELS) -> None:
-        self.security = security
         self.timeout_s = timeout_s
-        self.max_channels = max_channels
-        self._channels: OrderedDict[str, grpc.aio.Channel] = OrderedDict()
-        self._closing: set[asyncio.Task] = set()
+        self._pool = rpc.ChannelPool(security, max_channels=max_channels)
 
     def link(self, address: str, request: GenerationRequest) -> GrpcCloudLink:
-        if address not in self._channels:
-            self._channels[address] = rpc.create_channel(address, self.security)
-            while len(self._channels) > self.max_channels:
-                _, channel = self._channels.popitem(last=False)
-                task = asyncio.get_running_loop().create_task(channel.close(grace=30.0))
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
-        self._channels.move_to_end(address)
-        stub = cloud_node_pb2_grpc.CloudNodeStub(self._channels[address])
+        stub = cloud_node_pb2_grpc.CloudNodeStub(self._pool.get(address))
         return GrpcCloudLink(stub, temperature=request.temperature, seed=request.seed, timeout_s=self.timeout_s)
 
     async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
+        await self._pool.close()
 
 
 async def serve(config: EdgeConfig) -> None:

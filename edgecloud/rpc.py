@@ -8,8 +8,10 @@ attaches the token; a second, node token for the methods only nodes may call) an
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -263,6 +265,42 @@ def create_channel(target: str, security: SecurityConfig | None = None, *,
         return grpc.aio.secure_channel(target, channel_credentials(security.tls_ca_path), options=options,
                                        interceptors=interceptors)
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+
+
+class ChannelPool:
+    """Channels to peers, one per address, shared by all calls to it; beyond ``max_channels`` the
+    least recently used is closed (gracefully, so its calls in flight finish)."""
+
+    def __init__(self, security: SecurityConfig | None = None, *, max_channels: int,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        if max_channels < 1:
+            raise ValueError(f"max_channels must be at least 1, not {max_channels}")
+        self.security = security
+        self.max_channels = max_channels
+        self.max_message_bytes = max_message_bytes
+        self._channels: OrderedDict[str, grpc.aio.Channel] = OrderedDict()
+        self._closing: set[asyncio.Task] = set()
+
+    def get(self, address: str) -> grpc.aio.Channel:
+        """The channel to ``address``, opened on first use."""
+        if address not in self._channels:
+            self._channels[address] = create_channel(address, self.security, max_message_bytes=self.max_message_bytes)
+            while len(self._channels) > self.max_channels:
+                _, channel = self._channels.popitem(last=False)
+                task = asyncio.get_running_loop().create_task(channel.close(grace=30.0))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        self._channels.move_to_end(address)
+        return self._channels[address]
+
+    def peek(self, address: str) -> grpc.aio.Channel | None:
+        """The open channel to ``address``, if there is one (opens nothing)."""
+        return self._channels.get(address)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
 
 
 def create_server(security: SecurityConfig | None = None, *,

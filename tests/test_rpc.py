@@ -281,3 +281,24 @@ def test_cached_channel_reaches_a_restarted_server_quickly() -> None:
                 await server.stop(None)
 
     run(scenario)
+
+
+def test_channel_pool_reuses_channels_and_closes_the_least_recently_used() -> None:
+    async def scenario() -> None:
+        async with serving(SecurityConfig()) as port_a, serving(SecurityConfig()) as port_b:
+            pool = rpc.ChannelPool(max_channels=1)
+            first = pool.get(f"127.0.0.1:{port_a}")
+            assert pool.get(f"127.0.0.1:{port_a}") is first
+            status = await cloud_grpc.CloudNodeStub(first).GetStatus(cloud_pb.GetCloudStatusRequest(),
+                                                                       timeout=TIMEOUT_S)
+            assert status.node_id == "test-cloud"
+            second = pool.get(f"127.0.0.1:{port_b}")  # beyond max_channels: the first is closed
+            assert pool.peek(f"127.0.0.1:{port_a}") is None and pool.peek(f"127.0.0.1:{port_b}") is second
+            await asyncio.sleep(0.1)
+            with pytest.raises(grpc.aio.UsageError):
+                await cloud_grpc.CloudNodeStub(first).GetStatus(cloud_pb.GetCloudStatusRequest(), timeout=TIMEOUT_S)
+            await pool.close()
+        with pytest.raises(ValueError, match="max_channels"):
+            rpc.ChannelPool(max_channels=0)
+
+    run(scenario)
