@@ -11,9 +11,9 @@ import pytest
 from edgecloud.simulator.des.__main__ import main as des_main
 from edgecloud.simulator.des.compute import FORMAT, SHIPPED_PROFILE, ForwardCost, load_compute_profile
 from edgecloud.simulator.des.config import (
-    ComputeProfile,
     FleetConfig,
     fleet_experiment_from_dict,
+    linear_compute,
     load_fleet_experiment,
 )
 from edgecloud.simulator.des.fleet import run_fleet
@@ -115,8 +115,8 @@ def test_single_request_latency_equals_the_analytic_sum() -> None:
     latency_s, up_mbps, down_mbps, burst = 0.020, 2.0, 8.0, 1
     link = {"latency_ms": latency_s * 1e3, "uplink": {"rate_mbps": up_mbps}, "downlink": {"rate_mbps": down_mbps},
             "burst_bytes": burst}
-    compute = ComputeProfile.linear(edge_s_per_token=0.05, edge_s_per_extra_token=0.002,
-                                    cloud_s_per_forward=((1, 0.2), (8, 0.5)), cloud_s_per_extra_token=0.01)
+    compute = linear_compute(edge_s_per_token=0.05, edge_s_per_extra_token=0.002,
+                             cloud_s_per_forward=((1, 0.2), (8, 0.5)), cloud_s_per_extra_token=0.01)
     wire = WireProfile()
     exp = setup("entropy", threshold=0.5, link=link, max_new=20)
     traces = agreeing_trace()

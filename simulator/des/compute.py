@@ -124,8 +124,15 @@ def forward_cost_from_dict(data: Any, key: tuple[str, ...]) -> ForwardCost:
 
 
 @dataclass(frozen=True)
-class MeasuredProfile:
-    """The edge's and the cloud's forward costs, how the cloud batches, and where they came from."""
+class ComputeProfile:
+    """Forward costs of the edge and the cloud (``ForwardCost``: seconds by batch size and tokens).
+
+    An edge burst of F forwards carrying T tokens is F - 1 single-token forwards plus one of
+    T - F + 1 tokens (a prompt prefill or the tokens fed after a rollback). The cloud runs one
+    round trip's context + window as one forward: ``serial`` batching (the CPU cloud daemon) runs
+    round trips one at a time at batch 1; ``batched`` takes up to ``cloud_max_batch`` together in
+    one padded forward of (batch, longest round trip).
+    """
 
     edge: ForwardCost
     cloud: ForwardCost
@@ -134,10 +141,33 @@ class MeasuredProfile:
 
     def __post_init__(self) -> None:
         if self.cloud_batching not in BATCHING:
-            raise ConfigError("cloud_batching", f"must be one of {', '.join(BATCHING)}, got {self.cloud_batching!r}")
+            raise ConfigError(("fleet", "cloud_batching"),
+                              f"must be one of {', '.join(BATCHING)}, got {self.cloud_batching!r}")
+
+    @property
+    def serial(self) -> bool:
+        return self.cloud_batching == "serial"
+
+    def cloud_forward_s(self, batch: int, tokens: int = 1) -> float:
+        """Seconds of one cloud forward of ``batch`` sequences of ``tokens`` tokens each."""
+        return self.cloud.seconds(batch, tokens)
+
+    def cloud_batch_s(self, batch: int, longest: int) -> float:
+        """Seconds to verify ``batch`` round trips taken together, the longest carrying ``longest`` tokens
+        (serial batching only ever takes one)."""
+        return self.cloud.seconds(batch, longest)
+
+    def edge_burst_s(self, forwards: int, tokens: int) -> float:
+        if forwards <= 0:
+            return 0.0
+        return (forwards - 1) * self.edge.seconds(1, 1) + self.edge.seconds(1, max(1, tokens - forwards + 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "cloud_batching": self.cloud_batching, "edge": self.edge.to_dict(),
+                "cloud": self.cloud.to_dict()}
 
 
-def load_compute_profile(path: str | Path) -> MeasuredProfile:
+def load_compute_profile(path: str | Path) -> ComputeProfile:
     """Read a compute profile file; errors name the file and the key."""
     path = Path(path)
     try:
@@ -149,9 +179,11 @@ def load_compute_profile(path: str | Path) -> MeasuredProfile:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError("compute_profile", f"{path} is not a compute profile (format {FORMAT!r} expected)")
     try:
-        return MeasuredProfile(forward_cost_from_dict(data.get("edge"), ("edge",)),
-                               forward_cost_from_dict(data.get("cloud"), ("cloud",)),
-                               data.get("cloud_batching", "serial"), str(path))
+        batching = data.get("cloud_batching", "serial")
+        if batching not in BATCHING:
+            raise ConfigError("cloud_batching", f"must be one of {', '.join(BATCHING)}, got {batching!r}")
+        return ComputeProfile(forward_cost_from_dict(data.get("edge"), ("edge",)),
+                              forward_cost_from_dict(data.get("cloud"), ("cloud",)), batching, str(path))
     except ConfigError as exc:
         raise ConfigError(("compute_profile", *exc.key_path), f"{path}: {exc.message}") from None
 

@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from edgecloud.simulator.des.compute import (
-    BATCHING,
     SHIPPED_PROFILE,
+    ComputeProfile,
     ForwardCost,
-    MeasuredProfile,
     load_compute_profile,
 )
 from edgecloud.simulator.des.replay import WireProfile
@@ -64,61 +63,17 @@ def _count(key: tuple[str, ...], value: Any, low: int = 1) -> int:
     return value
 
 
-@dataclass(frozen=True)
-class ComputeProfile:
-    """Forward costs of the edge and the cloud (``ForwardCost``: seconds by batch size and tokens).
-
-    An edge burst of F forwards carrying T tokens is F - 1 single-token forwards plus one of
-    T - F + 1 tokens (a prompt prefill or the tokens fed after a rollback). The cloud runs one
-    round trip's context + window as one forward: ``serial`` batching (the CPU cloud daemon) runs
-    round trips one at a time at batch 1; ``batched`` takes up to ``cloud_max_batch`` together in
-    one padded forward of (batch, longest round trip).
-    """
-
-    edge: ForwardCost
-    cloud: ForwardCost
-    cloud_batching: str = "serial"
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        if self.cloud_batching not in BATCHING:
-            raise ConfigError(("fleet", "cloud_batching"),
-                              f"must be one of {', '.join(BATCHING)}, got {self.cloud_batching!r}")
-
-    @property
-    def serial(self) -> bool:
-        return self.cloud_batching == "serial"
-
-    @classmethod
-    def linear(cls, edge_s_per_token: float = MEASURED_EDGE_S_PER_TOKEN, edge_s_per_extra_token: float = 0.0,
-               cloud_s_per_forward: tuple[tuple[int, float], ...] = ((1, MEASURED_CLOUD_S_PER_FORWARD),),
-               cloud_s_per_extra_token: float = 0.0, *, cloud_batching: str | None = None,
-               source: str = "linear") -> ComputeProfile:
-        """Made-up-by-hand costs: a forward costs ``*_s_per_forward`` (by batch size, linear in between)
-        plus ``*_s_per_extra_token`` per token beyond one per sequence. A table with batch sizes above 1
-        means ``batched`` unless ``cloud_batching`` says otherwise."""
-        return cls(_edge_linear(edge_s_per_token, edge_s_per_extra_token),
-                   _cloud_linear(cloud_s_per_forward, cloud_s_per_extra_token),
-                   cloud_batching or ("batched" if any(b > 1 for b, _ in cloud_s_per_forward) else "serial"),
-                   source)
-
-    def cloud_forward_s(self, batch: int, tokens: int = 1) -> float:
-        """Seconds of one cloud forward of ``batch`` sequences of ``tokens`` tokens each."""
-        return self.cloud.seconds(batch, tokens)
-
-    def cloud_batch_s(self, batch: int, longest: int) -> float:
-        """Seconds to verify ``batch`` round trips taken together, the longest carrying ``longest`` tokens
-        (serial batching only ever takes one)."""
-        return self.cloud.seconds(batch, longest)
-
-    def edge_burst_s(self, forwards: int, tokens: int) -> float:
-        if forwards <= 0:
-            return 0.0
-        return (forwards - 1) * self.edge.seconds(1, 1) + self.edge.seconds(1, max(1, tokens - forwards + 1))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "cloud_batching": self.cloud_batching, "edge": self.edge.to_dict(),
-                "cloud": self.cloud.to_dict()}
+def linear_compute(edge_s_per_token: float = MEASURED_EDGE_S_PER_TOKEN, edge_s_per_extra_token: float = 0.0,
+                   cloud_s_per_forward: tuple[tuple[int, float], ...] = ((1, MEASURED_CLOUD_S_PER_FORWARD),),
+                   cloud_s_per_extra_token: float = 0.0, *, cloud_batching: str | None = None,
+                   source: str = "linear") -> ComputeProfile:
+    """Made-up-by-hand costs: a forward costs ``*_s_per_forward`` (by batch size, linear in between)
+    plus ``*_s_per_extra_token`` per token beyond one per sequence. A table with batch sizes above 1
+    means ``batched`` unless ``cloud_batching`` says otherwise."""
+    return ComputeProfile(_edge_linear(edge_s_per_token, edge_s_per_extra_token),
+                          _cloud_linear(cloud_s_per_forward, cloud_s_per_extra_token),
+                          cloud_batching or ("batched" if any(b > 1 for b, _ in cloud_s_per_forward) else "serial"),
+                          source)
 
 
 def _edge_linear(s_per_token: float, s_per_extra_token: float) -> ForwardCost:
@@ -147,7 +102,7 @@ def _cloud_linear(table: Any, s_per_extra_token: float) -> ForwardCost:
 
 
 @functools.cache
-def _shipped_profile() -> MeasuredProfile | None:
+def _shipped_profile() -> ComputeProfile | None:
     return load_compute_profile(SHIPPED_PROFILE) if SHIPPED_PROFILE.is_file() else None
 
 
@@ -157,10 +112,10 @@ def default_compute(path: str | Path | None = None) -> ComputeProfile:
     decode step's cost each — never free)."""
     measured = load_compute_profile(path) if path is not None else _shipped_profile()
     if measured is None:
-        return ComputeProfile.linear(MEASURED_EDGE_S_PER_TOKEN, MEASURED_EDGE_S_PER_TOKEN,
+        return linear_compute(MEASURED_EDGE_S_PER_TOKEN, MEASURED_EDGE_S_PER_TOKEN,
                                      ((1, MEASURED_CLOUD_S_PER_FORWARD),), MEASURED_CLOUD_S_PER_FORWARD,
                                      source="decode_speed.json batch-1 decode (no profile file)")
-    return ComputeProfile(measured.edge, measured.cloud, measured.cloud_batching, measured.source)
+    return measured
 
 
 @dataclass(frozen=True)
