@@ -9,22 +9,27 @@ import torch
 
 from edgecloud.edge_node.scheduler import SlmScheduler
 from edgecloud.models.generate import SamplingParams, select_token
+from edgecloud.models.kv_cache import ArenaCache, KVArena
 from edgecloud.models.llama import LlamaModel
-from edgecloud.routing.features import TokenFeatures, token_features
+from edgecloud.routing.features import TokenFeatures, uncertainty
 
 
 class Drafter:
     """Holds the SLM's KV cache for one request and the logits for the next position."""
 
     def __init__(self, model: LlamaModel, prompt_ids: list[int], *, sampling: SamplingParams = SamplingParams(),
-                 with_hidden: bool = False, capacity: int = 1024, prefill: bool = True) -> None:
+                 with_hidden: bool = False, capacity: int = 1024, prefill: bool = True,
+                 arena: KVArena | None = None) -> None:
+        """``capacity``: tokens the request may reach; ``arena``: shared cache buffers of the device's
+        requests (batched steps attend in one op per layer), used when ``capacity`` fits it."""
         if not prompt_ids:
             raise ValueError("prompt is empty")
         self.model = model
         self.sampling = sampling
         self.with_hidden = with_hidden
         self._generator = sampling.generator()
-        self.cache = model.new_cache(initial_capacity=capacity)
+        self.cache = arena.new_cache() if arena is not None and capacity <= arena.max_tokens \
+            else model.new_cache(initial_capacity=capacity)
         self.prompt_len = len(prompt_ids)
         self.compute_s = 0.0
         self._logits: torch.Tensor  # (V,) for the position after the cache's end
@@ -41,6 +46,33 @@ class Drafter:
         if chunk:
             self._advance(chunk)
         return not self._pending
+
+    @property
+    def prefilled(self) -> bool:
+        """Whether the whole prompt is cached."""
+        return not self._pending
+
+    @staticmethod
+    @torch.inference_mode()
+    def prefill_batch(drafters: Sequence[Drafter], chunk_tokens: Sequence[int]) -> None:
+        """``prefill`` for several requests' drafters: the first chunks of those whose caches are empty
+        and share an arena in one padded forward, the others one by one."""
+        first = [d for d in drafters if isinstance(d.cache, ArenaCache) and not d.cache.length() and d._pending]
+        if len({d.cache.arena for d in first}) != 1 or len(first) < 2:
+            first = []
+        for drafter, count in zip(drafters, chunk_tokens, strict=True):
+            if drafter not in first:
+                drafter.prefill(count)
+        if first:
+            started = time.perf_counter()
+            counts = dict(zip(map(id, drafters), chunk_tokens, strict=True))
+            chunks = []
+            for drafter in first:
+                count = counts[id(drafter)]
+                chunks.append(drafter._pending[:count])
+                drafter._pending = drafter._pending[count:]
+            hidden = drafters[0].model.prefill_sessions(chunks, [d.cache for d in first])  # (B, 1, C)
+            Drafter._choose(first, hidden, started)
 
     @property
     def num_tokens(self) -> int:
@@ -60,12 +92,8 @@ class Drafter:
     def feed_batch(drafters: Sequence[Drafter], tokens: Sequence[int]) -> None:
         """``feed`` for several requests' drafters (same model) in one forward pass."""
         started = time.perf_counter()
-        model = drafters[0].model
-        hidden = model.decode_sessions(tokens, [d.cache for d in drafters])  # (B, 1, C)
-        logits = model.head(hidden)[:, -1]  # (B, V)
-        share = (time.perf_counter() - started) / len(drafters)
-        for i, drafter in enumerate(drafters):
-            drafter._set_next(logits[i], hidden[i:i + 1], share)
+        hidden = drafters[0].model.decode_sessions(tokens, [d.cache for d in drafters])  # (B, 1, C)
+        Drafter._choose(drafters, hidden, started)
 
     def feed(self, token: int) -> None:
         """Advance the cache by one token."""
@@ -81,17 +109,27 @@ class Drafter:
         started = time.perf_counter()
         ids = torch.tensor([tokens], device=self.model.device)
         hidden = self.model.forward_layers(self.model.embed(ids), 0, self.model.config.num_layers, self.cache)
-        last = hidden[:, -1:]  # (1, 1, C)
-        self._set_next(self.model.head(last)[0, -1], last, time.perf_counter() - started)
+        Drafter._choose([self], hidden[:, -1:], started)
 
-    def _set_next(self, logits: torch.Tensor, last_hidden: torch.Tensor, forward_s: float) -> None:
-        """Keep the logits (V,) after the cache's end and choose the draft there."""
-        started = time.perf_counter()
-        self._logits = logits
-        self._hidden = self.model.norm(last_hidden)[0, -1].float() if self.with_hidden else None
-        token = select_token(logits, self.sampling, self._generator)
-        self._next = (token, token_features(logits, self.num_tokens - self.prompt_len, self._hidden))
-        self.compute_s += forward_s + time.perf_counter() - started
+    @staticmethod
+    def _choose(drafters: Sequence[Drafter], last_hidden: torch.Tensor, started: float) -> None:
+        """Each drafter's logits, features and draft for the position after its cache's end, from its
+        row of the last hidden states (B, 1, C); the forward's time since ``started`` shared out."""
+        model = drafters[0].model
+        logits = model.head(last_hidden)[:, -1]  # (B, V)
+        entropy, max_prob, margin = (t.tolist() for t in uncertainty(logits))  # every row at once
+        greedy = logits.argmax(-1).tolist()
+        normed = model.norm(last_hidden)[:, -1].float() if any(d.with_hidden for d in drafters) else None  # (B, C)
+        for i, drafter in enumerate(drafters):
+            drafter._logits = logits[i]
+            drafter._hidden = normed[i] if drafter.with_hidden else None
+            token = greedy[i] if drafter.sampling.temperature == 0 else \
+                select_token(logits[i], drafter.sampling, drafter._generator)
+            drafter._next = (token, TokenFeatures(entropy[i], max_prob[i], margin[i],
+                                                  drafter.num_tokens - drafter.prompt_len, drafter._hidden))
+        share = (time.perf_counter() - started) / len(drafters)
+        for drafter in drafters:
+            drafter.compute_s += share
 
 
 class ThreadedDrafter:
@@ -112,7 +150,7 @@ class ThreadedDrafter:
 
     async def prefill(self, chunk_tokens: int) -> None:
         """Cache the prompt, ``chunk_tokens`` per forward (so a long prompt does not stall others)."""
-        while not await self._scheduler.run(self._drafter.prefill, chunk_tokens):
+        while not await self._scheduler.prefill(self._drafter, chunk_tokens):
             pass
 
     async def draft(self) -> tuple[int, TokenFeatures]:

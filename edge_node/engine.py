@@ -33,6 +33,7 @@ from edgecloud.routing.router import Accounting, CloudLink, HybridRouter, until_
 CALIBRATION_TASKS = 8
 CALIBRATION_TOKENS = 64
 CALIBRATION_VERSION = "gen-v1"  # bump when the calibration recipe changes
+ARENA_MAX_TOKENS = 1024  # requests up to this many tokens (prompt + max_tokens) share the cache arena
 MAX_CHARS_PER_TOKEN = 16  # a prompt longer than this many characters per allowed token is refused unread
 
 
@@ -103,6 +104,9 @@ class EdgeEngine:
         self._calibration: list[TokenFeatures] | None = None
         self._calibration_lock = threading.Lock()  # computed once, whoever asks first
         self.scheduler = SlmScheduler()  # the SLM's forwards, all requests' in turn, batched where possible
+        # The requests' SLM caches, in shared buffers so that a batched step attends in one op per layer;
+        # every slot is as long as the longest request in it, so longer requests keep caches of their own.
+        self.arena = model.new_arena(max_tokens=ARENA_MAX_TOKENS)
         self.active_requests = 0
 
     @property
@@ -247,7 +251,8 @@ class EdgeEngine:
         if policy.uses_edge_draft:
             drafter = ThreadedDrafter(Drafter(self.model, prompt_ids, sampling=sampling,
                                               with_hidden=policy.needs_hidden, prefill=False,
-                                              capacity=len(prompt_ids) + request.max_tokens), self.scheduler)
+                                              capacity=len(prompt_ids) + request.max_tokens, arena=self.arena),
+                                      self.scheduler)
             await drafter.prefill(self.limits.prefill_chunk_tokens)
         router = HybridRouter(policy, cloud(request), prompt_ids, drafter=drafter,
                               max_new_tokens=request.max_tokens, stop_ids=self.tokenizer.eos_token_ids,

@@ -26,8 +26,9 @@ class _Job:
     future: asyncio.Future
     fn: Callable[..., Any] | None = None  # exclusive work
     args: tuple = ()
-    drafter: Drafter | None = None  # or a batchable single-token feed
+    drafter: Drafter | None = None  # or batchable work: a single-token feed, or a prompt chunk
     token: int = 0
+    prefill_tokens: int = 0  # > 0: a prompt chunk of at most this many tokens, not a feed
 
 
 class SlmScheduler:
@@ -46,6 +47,12 @@ class SlmScheduler:
     async def feed(self, drafter: Drafter, token: int) -> None:
         """``drafter.feed(token)``, batched with the other requests' feeds waiting at the same time."""
         await self._submit(_Job(self._future(), drafter=drafter, token=token))
+
+    async def prefill(self, drafter: Drafter, chunk_tokens: int) -> bool:
+        """``drafter.prefill(chunk_tokens)``, batched with other requests' prompt chunks waiting at the
+        same time; True once the whole prompt is cached."""
+        await self._submit(_Job(self._future(), drafter=drafter, prefill_tokens=chunk_tokens))
+        return drafter.prefilled
 
     def _future(self) -> asyncio.Future:
         return asyncio.get_running_loop().create_future()
@@ -66,13 +73,17 @@ class SlmScheduler:
             while not queue.empty() and len(jobs) < self.max_batch:
                 jobs.append(queue.get_nowait())
             jobs = [j for j in jobs if not j.future.done()]  # cancelled while waiting
-            feeds = [j for j in jobs if j.drafter is not None]
+            feeds = [j for j in jobs if j.drafter is not None and not j.prefill_tokens]
             if len(feeds) > 1:
                 self.batches += 1
                 self.batched_feeds += len(feeds)
                 await self._finish(feeds, Drafter.feed_batch, [j.drafter for j in feeds], [j.token for j in feeds])
             elif feeds:
                 await self._finish(feeds, feeds[0].drafter.feed, feeds[0].token)
+            chunks = [j for j in jobs if j.prefill_tokens]
+            if chunks:
+                await self._finish(chunks, Drafter.prefill_batch, [j.drafter for j in chunks],
+                                   [j.prefill_tokens for j in chunks])
             for job in jobs:
                 if job.fn is not None:
                     await self._finish([job], job.fn, *job.args)

@@ -171,10 +171,11 @@ def test_concurrent_clients_share_the_slm_fairly(pair) -> None:
     assert all(ids == expected for ids, _ in results)
     latencies = sorted(s for _, s in results)
     print(f"alone {alone_s:.3f} s; 20 concurrent: median {latencies[10]:.3f} s, max {latencies[-1]:.3f} s")
-    # One request at a time the last would finish at ~20x the time of one alone. Batched SLM steps let all
-    # twenty finish together (max ~ median), at 8x here: the per-session attention and per-token streaming
-    # of twenty requests still run one after another (issue 9 asks ~2x; not reached yet).
-    assert latencies[-1] < 10 * alone_s
+    # One request at a time the last would finish at ~20x the time of one alone. Batched SLM steps (prompt
+    # chunks and decode steps of all twenty in one forward each, one attention op per layer over the shared
+    # cache arena) let all twenty finish together (max ~ median): 2-3x in process, 3-5x here, where each
+    # token is also a gRPC message through one event loop on each side (issue 9 asks ~2x).
+    assert latencies[-1] < 6 * alone_s
     assert latencies[-1] < 1.5 * latencies[10]
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecloud.models.config import ModelConfig
-from edgecloud.models.kv_cache import KVCache
+from edgecloud.models.kv_cache import ArenaCache, KVArena, KVCache
 
 
 class RMSNorm(nn.Module):
@@ -94,9 +94,67 @@ class AttentionMask:
 
 @dataclass(frozen=True)
 class SessionCaches:
-    """The caches of B independent sessions decoded together, one new token each (row i = session i)."""
+    """The caches of B independent sessions decoded together, one new token each (row i = session i).
+
+    When they all live in one ``KVArena`` (``slots``, ``positions`` and ``mask`` set), each layer
+    writes and attends for all rows with one op each, the mask (B, 1, 1, S) hiding the part of
+    the longest session's length that a shorter one does not have; otherwise row by row.
+    """
 
     caches: tuple[KVCache, ...]
+    arena: KVArena | None = None
+    slots: torch.Tensor | None = None  # (B,) the caches' rows in the arena
+    positions: torch.Tensor | None = None  # (B,) where each row's new token goes
+    mask: torch.Tensor | None = None  # (B, 1, 1, S)
+
+    @classmethod
+    def of(cls, caches: Sequence[KVCache], positions: torch.Tensor) -> SessionCaches:
+        arenas = {c.arena for c in caches if isinstance(c, ArenaCache)}
+        if len(arenas) != 1 or not all(isinstance(c, ArenaCache) for c in caches):
+            return cls(tuple(caches))
+        slots = torch.tensor([c.slot for c in caches], device=positions.device)
+        mask = torch.arange(int(positions.max()) + 1, device=positions.device)[None, :] <= positions[:, None]
+        return cls(tuple(caches), arenas.pop(), slots, positions, mask[:, None, None, :])
+
+    def attend_inputs(self, layer: int, k: torch.Tensor, v: torch.Tensor
+                      ) -> list[tuple[torch.Tensor, torch.Tensor, AttentionMask]]:
+        """Store each row's new key/value (B, KV, 1, D); what to attend over: one padded batch in an
+        arena, else one (keys, values) per row."""
+        if self.arena is not None:
+            keys, values = self.arena.write(layer, self.slots, self.positions, k[:, :, 0], v[:, :, 0])
+            return [(keys, values, AttentionMask(mask=self.mask))]
+        return [(*c.append(layer, k[i:i + 1], v[i:i + 1]), AttentionMask()) for i, c in enumerate(self.caches)]
+
+    def finish(self) -> None:
+        """After the last layer: the arena's caches count their new token (written by ``attend_inputs``)."""
+        if self.arena is not None:
+            for cache in self.caches:
+                cache.advance()
+
+
+@dataclass(frozen=True)
+class PrefillBatch:
+    """B sessions' first prompt chunks, right-padded to one length T, run together: each layer
+    writes every row's T keys/values at the start of its arena slot (rows count only their own
+    tokens, so the padding's entries are never read and are overwritten later) and attends
+    causally, so a row's real tokens never see its padding."""
+
+    caches: tuple[ArenaCache, ...]
+    arena: KVArena
+    slots: torch.Tensor  # (B,)
+    lengths: tuple[int, ...]  # each row's real tokens
+
+    def attend_inputs(self, layer: int, k: torch.Tensor, v: torch.Tensor
+                      ) -> list[tuple[torch.Tensor, torch.Tensor, AttentionMask]]:
+        self.arena.write_block(layer, self.slots, k, v)
+        return [(k, v, AttentionMask(is_causal=True))]
+
+    def finish(self) -> None:
+        for cache, length in zip(self.caches, self.lengths, strict=True):
+            cache.advance(length)
+
+
+BatchedCaches = SessionCaches | PrefillBatch
 
 
 class Attention(nn.Module):
@@ -117,16 +175,18 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * d, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | SessionCaches | None, attention: AttentionMask) -> torch.Tensor:
+                cache: KVCache | BatchedCaches | None, attention: AttentionMask) -> torch.Tensor:
         bsz, seq, _ = x.shape  # (B, T, C)
         q = self.q_proj(x).view(bsz, seq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
         v = self.v_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
-        if isinstance(cache, SessionCaches):  # B sessions, each its own cache: attend one by one
-            y = torch.cat([self._attend(q[i:i + 1], *c.append(self.layer_index, k[i:i + 1], v[i:i + 1]), attention)
-                           for i, c in enumerate(cache.caches)])
+        if isinstance(cache, SessionCaches | PrefillBatch):  # B sessions, each its own cache
+            inputs = cache.attend_inputs(self.layer_index, k, v)
+            queries = [q] if len(inputs) == 1 else q.split(1)
+            ys = [self._attend(qi, ki, vi, mask) for qi, (ki, vi, mask) in zip(queries, inputs, strict=True)]
+            y = ys[0] if len(ys) == 1 else torch.cat(ys)
         else:
             if cache is not None:
                 k, v = cache.append(self.layer_index, k, v)  # (B, KV, S, D)
@@ -166,7 +226,7 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | SessionCaches | None, attention: AttentionMask) -> torch.Tensor:
+                cache: KVCache | BatchedCaches | None, attention: AttentionMask) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, attention)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -202,6 +262,12 @@ class LlamaModel(nn.Module):
             dtype=self.dtype, device=self.device, initial_capacity=initial_capacity,
         )
 
+    def new_arena(self, max_tokens: int = 2048, slots: int = 4) -> KVArena:
+        """Shared buffers for the caches of many single-sequence sessions (``KVArena``)."""
+        cfg = self.config
+        return KVArena(range(cfg.num_layers), cfg.num_kv_heads, cfg.head_dim, dtype=self.dtype, device=self.device,
+                       max_tokens=max_tokens, slots=slots)
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> hidden states (B, T, C)."""
         return self.embed_tokens(input_ids)
@@ -229,7 +295,8 @@ class LlamaModel(nn.Module):
     def decode_sessions(self, tokens: Sequence[int], caches: Sequence[KVCache]) -> torch.Tensor:
         """One new token for each of B sessions with caches of any lengths, in one forward.
 
-        The weight matmuls run once for the batch; attention runs per session on its own cache.
+        The weight matmuls run once for the batch; attention too when the caches share a
+        ``KVArena`` (else per session on its own cache).
         Returns the last layer's hidden states (B, 1, C); each cache grows by one token.
         """
         if len(tokens) != len(caches) or not tokens:
@@ -241,10 +308,37 @@ class LlamaModel(nn.Module):
         hidden = self.embed(torch.tensor([[t] for t in tokens], device=self.device))  # (B, 1, C)
         cos, sin = self.rotary(past, hidden.dtype)  # (B, D) each
         cos, sin = cos[:, None, None, :], sin[:, None, None, :]  # (B, 1, 1, D): per-row positions
-        batch = SessionCaches(tuple(caches))
+        batch = SessionCaches.of(caches, past)
         for layer in self.layers:
             hidden = layer(hidden, cos, sin, batch, AttentionMask())
+        batch.finish()
         return hidden
+
+    def prefill_sessions(self, prompts: Sequence[Sequence[int]], caches: Sequence[ArenaCache]) -> torch.Tensor:
+        """The first prompt chunk of each of B sessions (empty caches in one arena) in one forward.
+
+        Returns each row's hidden state at its last real token (B, 1, C); cache i then holds
+        ``len(prompts[i])`` tokens.
+        """
+        if len(prompts) != len(caches) or not prompts or not all(prompts):
+            raise ValueError(f"{len(prompts)} prompts (none may be empty) for {len(caches)} caches")
+        arenas = {c.arena for c in caches}
+        if len(arenas) != 1 or any(c.length() for c in caches):
+            raise ValueError("prefill_sessions needs empty caches of one arena")
+        lengths = tuple(len(p) for p in prompts)
+        width = max(lengths)
+        if width > self.config.max_position_embeddings:
+            raise ValueError(f"{width} positions exceed the model's context of {self.config.max_position_embeddings}")
+        ids = torch.tensor([list(p) + [0] * (width - len(p)) for p in prompts], device=self.device)  # (B, T)
+        slots = torch.tensor([c.slot for c in caches], device=self.device)
+        batch = PrefillBatch(tuple(caches), arenas.pop(), slots, lengths)
+        hidden = self.embed(ids)
+        cos, sin = self.rotary(torch.arange(width, device=self.device), hidden.dtype)
+        for layer in self.layers:
+            hidden = layer(hidden, cos, sin, batch, AttentionMask(is_causal=True))
+        batch.finish()
+        last = torch.tensor(lengths, device=self.device) - 1
+        return hidden[torch.arange(len(prompts), device=self.device), last][:, None]  # (B, 1, C)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head: hidden (B, T, C) -> float32 logits (B, T, V)."""
