@@ -61,6 +61,7 @@ class NodeSummary:
     models: tuple[str, ...]
     live: bool
     active_requests: int
+    suspect: bool = False  # a forwarded request found it unreachable; cleared by its next heartbeat
 
 
 def build_request(prompt: str, *, max_tokens: int, policy: str, threshold: float | None,
@@ -149,7 +150,7 @@ class AsyncClient:
                     reply = await self._coordinator.GetClusterStatus(
                         coord_pb.GetClusterStatusRequest(include_stale=include_stale), timeout=10.0)
                     return [NodeSummary(n.info.node_id, _role(n.info.role), n.info.address, tuple(n.info.models),
-                                        n.live, n.load.active_requests) for n in reply.nodes]
+                                        n.live, n.load.active_requests, n.suspect) for n in reply.nodes]
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() != grpc.StatusCode.UNIMPLEMENTED or self.target == "coordinator":
                         raise

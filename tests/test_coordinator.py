@@ -271,7 +271,11 @@ def _settled(fleet) -> None:
 
 
 def _suspects(fleet) -> set[str]:
-    return {n.info.node_id for n in cluster_nodes(fleet["coordinator"].address, CLIENT).values() if n.suspect}
+    """Suspect nodes as the SDK reports them, after checking that the coordinator's reply agrees."""
+    raw = {n.info.node_id for n in cluster_nodes(fleet["coordinator"].address, CLIENT).values() if n.suspect}
+    seen = {n.node_id for n in fleet["client"].status(include_stale=True) if n.suspect}
+    assert seen == raw
+    return seen
 
 
 def test_edge_accepts_a_cloud_registered_after_its_last_heartbeat(fleet) -> None:
