@@ -7,10 +7,8 @@ import argparse
 from edgecloud.cloud_node.config import CloudConfig
 from edgecloud.daemon_args import (
     add_common_args,
-    check_node_credentials,
+    parse_node_args,
     run_daemon,
-    security_from_args,
-    setup_logging,
 )
 
 
@@ -34,11 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_node_credentials(parser, args)
-    security = security_from_args(args, parser)
-    setup_logging(args.log_level)
+    args, security = parse_node_args(build_parser(), argv)
     config = CloudConfig(model=args.model, listen=args.listen, advertise=args.advertise, node_id=args.node_id,
                          dtype=args.dtype, threads=args.threads, coordinator=args.coordinator, max_sessions=args.max_sessions,
                          max_kv_mib=args.max_kv_mib, max_window_tokens=args.max_window_tokens,

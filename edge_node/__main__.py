@@ -6,10 +6,8 @@ import argparse
 
 from edgecloud.daemon_args import (
     add_common_args,
-    check_node_credentials,
+    parse_node_args,
     run_daemon,
-    security_from_args,
-    setup_logging,
 )
 from edgecloud.edge_node.config import EdgeConfig
 
@@ -42,11 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_node_credentials(parser, args)
-    security = security_from_args(args, parser)
-    setup_logging(args.log_level)
+    args, security = parse_node_args(build_parser(), argv)
     config = EdgeConfig(model=args.model, listen=args.listen, advertise=args.advertise, node_id=args.node_id,
                         dtype=args.dtype, threads=args.threads, cloud=args.cloud, coordinator=args.coordinator,
                         max_tokens_limit=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,

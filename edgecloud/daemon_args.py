@@ -48,6 +48,16 @@ def check_node_credentials(parser: argparse.ArgumentParser, args: argparse.Names
                      "a coordinator with auth accepts registrations only with the node token")
 
 
+def parse_node_args(parser: argparse.ArgumentParser, argv: list[str] | None
+                    ) -> tuple[argparse.Namespace, SecurityConfig]:
+    """A node daemon's arguments and security settings (errors through ``parser``), logging set up."""
+    args = parser.parse_args(argv)
+    check_node_credentials(parser, args)
+    security = security_from_args(args, parser)
+    setup_logging(args.log_level)
+    return args, security
+
+
 def setup_logging(level: str) -> None:
     """Logs go to stderr; stdout carries only the readiness line."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
