@@ -46,7 +46,12 @@ class LoopThread:
         async def wrapper() -> T:
             return await coro
 
-        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(timeout_s)
+        future = asyncio.run_coroutine_threadsafe(wrapper(), self.loop)
+        try:
+            return future.result(timeout_s)
+        except BaseException:  # timed out, or the caller interrupted (Ctrl-C): stop the coroutine too
+            future.cancel()
+            raise
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Call a plain function on the loop's thread and wait for its result."""
