@@ -28,10 +28,11 @@ def test_text_pair_is_varied_and_partly_agrees(tmp_path, make_tiny_pair, tiny_gu
 
 
 def test_outputs_depend_on_more_than_the_last_token(slm, llm) -> None:
-    """Two prompts that end alike continue differently: the models read the context, not just one token."""
+    """Two prompts that end in the same token continue differently: the models read more than one token
+    (the toy language is order 3, so prompts sharing their last three tokens may rightly continue alike)."""
     for model in (slm, llm):
         first = list(generate_ids(model, [3, 14, 15, 9, 2, 6], max_new_tokens=12))
-        second = list(generate_ids(model, [40, 33, 7, 9, 2, 6], max_new_tokens=12))
+        second = list(generate_ids(model, [40, 33, 7, 11, 5, 6], max_new_tokens=12))
         assert first != second
 
 
