@@ -57,22 +57,22 @@ class Drafter:
     def prefill_batch(drafters: Sequence[Drafter], chunk_tokens: Sequence[int]) -> None:
         """``prefill`` for several requests' drafters: the first chunks of those whose caches are empty
         and share an arena in one padded forward, the others one by one."""
-        first = [d for d in drafters if isinstance(d.cache, ArenaCache) and not d.cache.length() and d._pending]
-        if len({d.cache.arena for d in first}) != 1 or len(first) < 2:
+        jobs = list(zip(drafters, chunk_tokens, strict=True))
+        first = [(d, n) for d, n in jobs if isinstance(d.cache, ArenaCache) and not d.cache.length() and d._pending]
+        if len({d.cache.arena for d, _ in first}) != 1 or len(first) < 2:
             first = []
-        for drafter, count in zip(drafters, chunk_tokens, strict=True):
-            if drafter not in first:
+        for drafter, count in jobs:
+            if (drafter, count) not in first:
                 drafter.prefill(count)
         if first:
             started = time.perf_counter()
-            counts = dict(zip(map(id, drafters), chunk_tokens, strict=True))
             chunks = []
-            for drafter in first:
-                count = counts[id(drafter)]
+            for drafter, count in first:
                 chunks.append(drafter._pending[:count])
                 drafter._pending = drafter._pending[count:]
-            hidden = drafters[0].model.prefill_sessions(chunks, [d.cache for d in first])  # (B, 1, C)
-            Drafter._choose(first, hidden, started)
+            batch = [d for d, _ in first]
+            hidden = drafters[0].model.prefill_sessions(chunks, [d.cache for d in batch])  # (B, 1, C)
+            Drafter._choose(batch, hidden, started)
 
     @property
     def num_tokens(self) -> int:

@@ -22,8 +22,13 @@ def test_decode_sessions_equals_one_session_at_a_time(slm, shared: bool) -> None
     alone = [Drafter(slm, p) for p in PROMPTS]
     together = [Drafter(slm, p, arena=arena, capacity=64) for p in PROMPTS]
     assert not shared or all(isinstance(d.cache, ArenaCache) for d in together)
-    for step in range(6):
-        tokens = [(17 * step + 5 * i) % slm.config.vocab_size for i in range(len(PROMPTS))]
+    _decode_alone_and_together(slm, alone, together, steps=6, stride=17)
+
+
+def _decode_alone_and_together(slm, alone: list[Drafter], together: list[Drafter], *, steps: int, stride: int) -> None:
+    """Feed the same tokens one drafter at a time and in batched steps; the two must agree each step."""
+    for step in range(steps):
+        tokens = [(stride * step + 5 * i) % slm.config.vocab_size for i in range(len(alone))]
         for drafter, token in zip(alone, tokens, strict=True):
             drafter.feed(token)
         Drafter.feed_batch(together, tokens)
@@ -78,13 +83,7 @@ def test_prefill_sessions_equals_each_prompt_alone(slm) -> None:
         (token_a, feats_a), (token_b, feats_b) = a.draft(), b.draft()
         assert token_b == token_a and feats_b.position == feats_a.position == 0
         assert feats_b.entropy == pytest.approx(feats_a.entropy, rel=1e-5)
-    for step in range(4):
-        tokens = [(11 * step + 3 * i) % slm.config.vocab_size for i in range(len(PROMPTS))]
-        for drafter, token in zip(alone, tokens, strict=True):
-            drafter.feed(token)
-        Drafter.feed_batch(together, tokens)
-        for a, b in zip(alone, together, strict=True):
-            torch.testing.assert_close(b._logits, a._logits, rtol=1e-5, atol=1e-5)
+    _decode_alone_and_together(slm, alone, together, steps=4, stride=11)
 
 
 def test_arena_slots_are_reused_and_rows_stay_apart(slm) -> None:

@@ -133,7 +133,8 @@ class KVArena:
             raise ValueError(f"{tokens} tokens exceed the arena's {self.max_tokens}")
         if tokens > self.capacity:
             with self.lock:
-                self._allocate(self.slots, min(self.max_tokens, max(tokens, 2 * self.capacity)))
+                if tokens > self.capacity:  # another thread may have grown it meanwhile
+                    self._allocate(self.slots, min(self.max_tokens, max(tokens, 2 * self.capacity)))
 
     def write(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor,
               values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -182,7 +182,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
-        if isinstance(cache, SessionCaches | PrefillBatch):  # B sessions, each its own cache
+        if isinstance(cache, SessionCaches | PrefillBatch):  # B sessions: one padded batch, or row by row
             inputs = cache.attend_inputs(self.layer_index, k, v)
             queries = [q] if len(inputs) == 1 else q.split(1)
             ys = [self._attend(qi, ki, vi, mask) for qi, (ki, vi, mask) in zip(queries, inputs, strict=True)]
