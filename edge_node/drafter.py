@@ -159,5 +159,8 @@ class ThreadedDrafter:
     async def feed(self, token: int) -> None:
         await self._scheduler.feed(self._drafter, token)
 
+    async def feed_run(self, token: int, keep, max_tokens: int) -> list[int]:
+        return await self._scheduler.feed_run(self._drafter, token, keep, max_tokens)
+
     async def rollback(self, num_tokens: int, then_feed: list[int]) -> None:
         await self._scheduler.run(self._drafter.rollback, num_tokens, then_feed)

@@ -1,24 +1,29 @@
-"""One device's SLM work for all requests: a FIFO worker that batches single-token steps.
+"""One device's SLM work for all requests: a worker that batches the requests' steps.
 
 hivemind's shape: handlers hand work to a runtime that batches across clients. Every request's
-forwards go through one queue; whatever single-token ``feed``s are waiting when the worker
-comes round run as ONE forward over all those sessions (``Drafter.feed_batch``), other work
-(prompt prefill chunks, rollbacks) one at a time. Compute runs in a worker thread, never on
-the event loop, and nothing is held across a cloud round trip.
-"""
+forwards go through one queue. A feed is a *run*: its token, then (when the router asks) each
+next draft that the request's policy keeps on the edge, for at most ``max_run_s`` — the
+per-token hops (futures, thread hand-offs, event-loop wake-ups) are paid once per run, not per
+token. All runs in progress advance together, ONE forward per step over all their sessions
+(``Drafter.feed_batch``); new work joins between steps: feeds join the runs, waiting prompt
+chunks run as one batched forward, other work (rollbacks) one job at a time. Compute runs in a
+worker thread, never on the event loop, and nothing is held across a cloud round trip."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edgecloud.edge_node.drafter import Drafter
+    from edgecloud.routing.router import KeepDraft
 
 MAX_BATCH = 32
+MAX_RUN_S = 0.05  # a run's tokens stream together, and other work waits for it: keep that unnoticeable
 
 
 @dataclass
@@ -26,14 +31,19 @@ class _Job:
     future: asyncio.Future
     fn: Callable[..., Any] | None = None  # exclusive work
     args: tuple = ()
-    drafter: Drafter | None = None  # or batchable work: a single-token feed, or a prompt chunk
+    drafter: Drafter | None = None  # or batchable work: a feed (maybe a run), or a prompt chunk
     token: int = 0
+    keep: KeepDraft | None = None  # a run: feed the next drafts while this says so
+    max_tokens: int = 1  # tokens a run may feed in all
+    fed: list[int] = field(default_factory=list)  # a run's tokens fed so far
+    run_started: float = 0.0
     prefill_tokens: int = 0  # > 0: a prompt chunk of at most this many tokens, not a feed
 
 
 class SlmScheduler:
-    def __init__(self, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, max_batch: int = MAX_BATCH, max_run_s: float = MAX_RUN_S) -> None:
         self.max_batch = max_batch
+        self.max_run_s = max_run_s
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -47,6 +57,12 @@ class SlmScheduler:
     async def feed(self, drafter: Drafter, token: int) -> None:
         """``drafter.feed(token)``, batched with the other requests' feeds waiting at the same time."""
         await self._submit(_Job(self._future(), drafter=drafter, token=token))
+
+    async def feed_run(self, drafter: Drafter, token: int, keep: KeepDraft, max_tokens: int) -> list[int]:
+        """The router's ``feed_run``: ``token`` and the drafts after it that ``keep`` keeps, batched step by
+        step with the other requests' feeds and runs waiting at the same time."""
+        return await self._submit(_Job(self._future(), drafter=drafter, token=token, keep=keep,
+                                       max_tokens=max_tokens))
 
     async def prefill(self, drafter: Drafter, chunk_tokens: int) -> bool:
         """``drafter.prefill(chunk_tokens)``, batched with other requests' prompt chunks waiting at the
@@ -66,20 +82,29 @@ class SlmScheduler:
         return await job.future
 
     async def _work(self, queue: asyncio.Queue[_Job]) -> None:
-        from edgecloud.edge_node.drafter import Drafter
+        from edgecloud.edge_node.drafter import Drafter  # (it imports this module)
 
+        runs: list[_Job] = []  # feeds in progress: each step feeds every one of them in one forward
         while True:
-            jobs = [await queue.get()]
+            jobs = [] if runs else [await queue.get()]
             while not queue.empty() and len(jobs) < self.max_batch:
                 jobs.append(queue.get_nowait())
             jobs = [j for j in jobs if not j.future.done()]  # cancelled while waiting
-            feeds = [j for j in jobs if j.drafter is not None and not j.prefill_tokens]
-            if len(feeds) > 1:
-                self.batches += 1
-                self.batched_feeds += len(feeds)
-                await self._finish(feeds, Drafter.feed_batch, [j.drafter for j in feeds], [j.token for j in feeds])
-            elif feeds:
-                await self._finish(feeds, feeds[0].drafter.feed, feeds[0].token)
+            for job in jobs:
+                if job.drafter is not None and not job.prefill_tokens:
+                    job.fed, job.run_started = [job.token], time.perf_counter()
+                    runs.append(job)  # joins the runs already going, at their next step
+            runs = [j for j in runs if not j.future.done()]  # callers gone mid-run
+            if runs:
+                self.batches += len(runs) > 1
+                self.batched_feeds += len(runs) if len(runs) > 1 else 0
+                try:
+                    ended = await asyncio.to_thread(self._step, runs, self.max_run_s)
+                except Exception as exc:  # the forward failed: every run in it ends with the error
+                    ended = [(job, exc) for job in runs]
+                for job, outcome in ended:
+                    _settle(job, outcome)
+                runs = [j for j in runs if not j.future.done()]
             chunks = [j for j in jobs if j.prefill_tokens]
             if chunks:
                 await self._finish(chunks, Drafter.prefill_batch, [j.drafter for j in chunks],
@@ -89,20 +114,55 @@ class SlmScheduler:
                     await self._finish([job], job.fn, *job.args)
 
     @staticmethod
+    def _step(runs: list[_Job], max_run_s: float) -> list[tuple[_Job, list[int] | Exception]]:
+        """In the worker thread: one forward over the runs' last tokens; the runs that end with it, with
+        their results. A run ends when its ``keep`` (none: a plain feed) says no or raises, at its
+        ``max_tokens``, or once it has gone on for ``max_run_s`` (its draft then stays undecided)."""
+        from edgecloud.edge_node.drafter import Drafter
+
+        if len(runs) == 1:
+            runs[0].drafter.feed(runs[0].fed[-1])
+        else:
+            Drafter.feed_batch([j.drafter for j in runs], [j.fed[-1] for j in runs])
+        now = time.perf_counter()
+        ended: list[tuple[_Job, list[int] | Exception]] = []
+        for job in runs:
+            if job.keep is None or len(job.fed) >= job.max_tokens or now - job.run_started >= max_run_s:
+                ended.append((job, job.fed))
+                continue
+            draft, features = job.drafter.draft()
+            try:
+                kept = job.keep(draft, features)
+            except Exception as exc:  # this request's policy failed: the other runs go on
+                ended.append((job, exc))
+                continue
+            if kept:
+                job.fed.append(draft)
+            else:
+                ended.append((job, job.fed))
+        return ended
+
+    @staticmethod
     async def _finish(jobs: list[_Job], fn: Callable[..., Any], *args) -> None:
+        """``fn(*args)`` off the loop; its result, or its exception, goes to each of ``jobs``."""
         try:
             result = await asyncio.to_thread(fn, *args)
         except Exception as exc:  # handed to the callers, the worker goes on
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            return
+            result = exc
         for job in jobs:
-            if not job.future.done():
-                job.future.set_result(result)
+            _settle(job, result)
 
     async def close(self) -> None:
         if self._worker is not None and self._loop is asyncio.get_running_loop():
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+
+
+def _settle(job: _Job, outcome: Any) -> None:
+    if job.future.done():  # the caller is gone
+        return
+    if isinstance(outcome, Exception):
+        job.future.set_exception(outcome)
+    else:
+        job.future.set_result(outcome)

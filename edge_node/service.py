@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 
 from edgecloud import __version__
+from edgecloud.coalesce import coalesced
 from edgecloud.edge_node.cloud_client import GrpcCloudLink
 from edgecloud.edge_node.engine import EdgeEngine, GenerationRequest, RequestError
 from edgecloud.errors import DomainError, PermissionDenied, PreconditionFailed, clip, status_for
@@ -89,17 +91,27 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
             with self.engine.admit():
                 prompt_ids = await asyncio.to_thread(self.engine.prompt_ids, domain)
                 policy = await asyncio.to_thread(self.engine.policy_for, domain)
-                async for item in self.engine.generate(domain, make_link, policy=policy, prompt_ids=prompt_ids,
-                                                       arrived_s=arrived_s):
-                    if isinstance(item, Accounting):
-                        summary = summary_to_proto(item, policy=policy.name, threshold=policy.threshold,
-                                                   edge_node_id=self.node_id)
-                        yield generation_pb2.GenerateEvent(token_id=-1, index=index, summary=summary)
-                        break
-                    source = common_pb2.SOURCE_CLOUD if item.source == CLOUD else common_pb2.SOURCE_EDGE
-                    yield generation_pb2.GenerateEvent(text=item.text, token_id=item.token_id, source=source,
-                                                       checked=item.checked, index=index)
-                    index += item.token_id >= 0
+                items = self.engine.generate(domain, make_link, policy=policy, prompt_ids=prompt_ids,
+                                             arrived_s=arrived_s)
+                async with contextlib.aclosing(coalesced(items)) as batches:
+                    async for batch in batches:  # what is ready goes in one message
+                        events = []
+                        for item in batch:
+                            if isinstance(item, Accounting):
+                                break
+                            source = common_pb2.SOURCE_CLOUD if item.source == CLOUD else common_pb2.SOURCE_EDGE
+                            events.append(generation_pb2.GenerateEvent(
+                                text=item.text, token_id=item.token_id, source=source, checked=item.checked,
+                                index=index))
+                            index += item.token_id >= 0
+                        if events:
+                            events[0].more.extend(events[1:])
+                            yield events[0]
+                        if isinstance(item, Accounting):
+                            summary = summary_to_proto(item, policy=policy.name, threshold=policy.threshold,
+                                                       edge_node_id=self.node_id)
+                            yield generation_pb2.GenerateEvent(token_id=-1, index=index, summary=summary)
+                            break
         except DomainError as exc:
             log.warning("request failed after %d tokens: %s", index, exc)
             await context.abort(*status_for(exc))

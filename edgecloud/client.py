@@ -113,8 +113,12 @@ class AsyncClient:
                     self.last_summary = summary_from_proto(event.summary)
                     yield self.last_summary
                     return
-                yield TokenEvent(event.text, event.token_id, SOURCES.get(event.source, "edge"), event.checked,
-                                 event.index)
+                for token in (event, *event.more):
+                    if token.HasField("summary") or (token is not event and token.more):
+                        raise EdgecloudError(grpc.StatusCode.INTERNAL, "malformed stream from the server: a "
+                                             "token sent with another carries a summary or more tokens")
+                    yield TokenEvent(token.text, token.token_id, SOURCES.get(token.source, "edge"), token.checked,
+                                     token.index)
         except grpc.aio.AioRpcError as exc:
             raise EdgecloudError(exc.code(), exc.details() or "") from exc
 

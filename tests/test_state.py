@@ -81,6 +81,9 @@ class CheckedDrafter:
     async def feed(self, token: int) -> None:
         await self._threaded.feed(token)
 
+    async def feed_run(self, token: int, keep, max_tokens: int) -> list[int]:
+        return await self._threaded.feed_run(token, keep, max_tokens)
+
     async def rollback(self, num_tokens: int, then_feed: list[int]) -> None:
         await self._threaded.rollback(num_tokens, then_feed)
         self.rollbacks += 1

@@ -3,7 +3,7 @@
 It runs in-process on the edge node (no network hop per token) and depends only on two small
 interfaces, so that tests and the discrete-event simulator drive the very same loop:
 
-- an ``EdgeDrafter`` (the SLM with its cache: draft / feed / rollback);
+- an ``EdgeDrafter`` (the SLM with its cache: draft / feed / feed_run / rollback);
 - a ``CloudLink`` (one verification round trip: context tokens the cloud has not seen plus a
   window of draft tokens -> how many it accepts and its own next token).
 
@@ -15,7 +15,7 @@ with the verdict and takes its place.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,7 +33,30 @@ class EdgeDrafter(Protocol):
     def num_tokens(self) -> int: ...
     async def draft(self) -> tuple[int, TokenFeatures]: ...
     async def feed(self, token: int) -> None: ...
+    async def feed_run(self, token: int, keep: KeepDraft, max_tokens: int) -> list[int]:
+        """Feed ``token``, then each next draft while ``keep(draft, features)`` says so, up to ``max_tokens``
+        fed in all; the tokens fed (``token`` first). ``keep`` is asked once per draft, and not at all for
+        the draft left pending when the run stops for another reason (the limit, or the drafter's own
+        bound on a run's time)."""
     async def rollback(self, num_tokens: int, then_feed: list[int]) -> None: ...
+
+
+KeepDraft = Callable[[int, TokenFeatures], bool]
+
+
+class FeedsStepwise:
+    """``feed_run`` as one ``feed`` after another, for drafters without a faster way."""
+
+    async def feed_run(self: EdgeDrafter, token: int, keep: KeepDraft, max_tokens: int) -> list[int]:
+        fed = [token]
+        await self.feed(token)
+        while len(fed) < max_tokens:
+            draft, features = await self.draft()
+            if not keep(draft, features):
+                break
+            await self.feed(draft)
+            fed.append(draft)
+        return fed
 
 
 @dataclass(frozen=True)
@@ -117,6 +140,20 @@ class Accounting:
         """Tokens after the first, over the time after the first token (0 for a one-token answer)."""
         decode_s = self.wall_s - self.time_to_first_token_s
         return (self.total_tokens - 1) / decode_s if self.total_tokens > 1 and decode_s > 0 else 0.0
+
+
+class _EdgeKeeps:
+    """A run's ``keep``: a draft stays on the edge while the policy does not flag it and it is not a stop
+    token. Remembers each decision (asked once per draft, wherever the drafter runs it)."""
+
+    def __init__(self, policy: RoutingPolicy, stop_ids: frozenset[int]) -> None:
+        self.policy = policy
+        self.stop_ids = stop_ids
+        self.decisions: list[bool] = []  # flagged?
+
+    def __call__(self, draft: int, features: TokenFeatures) -> bool:
+        self.decisions.append(self.policy.flags(features))
+        return not self.decisions[-1] and draft not in self.stop_ids
 
 
 class HybridRouter:
@@ -244,13 +281,30 @@ class HybridRouter:
         while not self._done:
             token, feats = await drafter.draft()
             acc.drafted_tokens += 1
-            if not self.policy.flags(feats):
-                if (event := self._emit(token, EDGE, False)) is not None:
-                    yield event
-                    await drafter.feed(token)
-                    self._unseen.append(token)
-                    if self.prefetch:
-                        self.cloud.prefetch(self._unseen)
+            flagged = self.policy.flags(feats)
+            while not flagged:  # a run of edge tokens, fed in one call (batched with other requests')
+                if (event := self._emit(token, EDGE, False)) is None:
+                    break
+                yield event
+                keeps = _EdgeKeeps(self.policy, self.stop_ids)
+                run = await drafter.feed_run(token, keeps, self.max_new_tokens - self._emitted + 1)
+                decisions = keeps.decisions
+                acc.drafted_tokens += len(decisions)
+                self._unseen.extend(run)
+                if self.prefetch:
+                    self.cloud.prefetch(self._unseen)
+                for fed in run[1:]:
+                    if (event := self._emit(fed, EDGE, False)) is not None:
+                        yield event
+                if self._done:
+                    break
+                token, feats = await drafter.draft()  # already chosen: the run's last feed computed it
+                if len(decisions) == len(run):  # the run ended at this draft: it was flagged, or a stop token
+                    flagged = decisions[-1]
+                else:  # the run ended for its length or time: this draft is not decided yet
+                    acc.drafted_tokens += 1
+                    flagged = self.policy.flags(feats)
+            if self._done:
                 continue
             base = drafter.num_tokens
             window = [token]

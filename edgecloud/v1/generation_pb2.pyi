@@ -116,17 +116,19 @@ class GenerationSummary(_message.Message):
     def __init__(self, edge_tokens: _Optional[int] = ..., cloud_tokens: _Optional[int] = ..., checked_tokens: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., cloud_round_trips: _Optional[int] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., edge_compute_s: _Optional[float] = ..., cloud_compute_s: _Optional[float] = ..., network_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., cloud_share: _Optional[float] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., window_sizes: _Optional[_Iterable[int]] = ..., edge_node_id: _Optional[str] = ..., cloud_node_id: _Optional[str] = ..., cloud_background_calls: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
-    __slots__ = ("text", "token_id", "source", "checked", "index", "summary")
+    __slots__ = ("text", "token_id", "source", "checked", "index", "summary", "more")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CHECKED_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     text: str
     token_id: int
     source: _common_pb2.Source
     checked: bool
     index: int
     summary: GenerationSummary
-    def __init__(self, text: _Optional[str] = ..., token_id: _Optional[int] = ..., source: _Optional[_Union[_common_pb2.Source, str]] = ..., checked: _Optional[bool] = ..., index: _Optional[int] = ..., summary: _Optional[_Union[GenerationSummary, _Mapping]] = ...) -> None: ...
+    more: _containers.RepeatedCompositeFieldContainer[GenerateEvent]
+    def __init__(self, text: _Optional[str] = ..., token_id: _Optional[int] = ..., source: _Optional[_Union[_common_pb2.Source, str]] = ..., checked: _Optional[bool] = ..., index: _Optional[int] = ..., summary: _Optional[_Union[GenerationSummary, _Mapping]] = ..., more: _Optional[_Iterable[_Union[GenerateEvent, _Mapping]]] = ...) -> None: ...

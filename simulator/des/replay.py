@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from edgecloud.routing.features import TokenFeatures
 from edgecloud.routing.policies import PolicyError, RoutingPolicy, make_policy
-from edgecloud.routing.router import HybridRouter, LinkVerdict
+from edgecloud.routing.router import FeedsStepwise, HybridRouter, LinkVerdict
 from edgecloud.simulator.des.traces import TokenTrace
 from edgecloud.simulator.errors import ConfigError
 
@@ -111,7 +111,7 @@ class _Log:
         self.burst_tokens.append(0)
 
 
-class ReplayDrafter:
+class ReplayDrafter(FeedsStepwise):
     """An ``EdgeDrafter`` that serves a trace's SLM tokens and features; feeds count as forwards."""
 
     def __init__(self, trace: TokenTrace, log: _Log) -> None:
