@@ -145,6 +145,7 @@ class GuardStats:
     slm_distinct: float  # mean over prompts of distinct tokens / tokens in the SLM's greedy output
     llm_distinct: float
     agreement: float  # positions of the LLM's greedy output where the SLM, teacher-forced on it, picks the same
+    prompt_dependence: float  # the fewer of the two models' distinct greedy outputs, over the number of prompts
 
 
 def guard_stats(slm: LlamaModel, llm: LlamaModel, prompts=GUARD_PROMPTS, tokens: int = GUARD_TOKENS) -> GuardStats:
@@ -152,21 +153,26 @@ def guard_stats(slm: LlamaModel, llm: LlamaModel, prompts=GUARD_PROMPTS, tokens:
     prompts = [[t % vocab for t in p] for p in prompts]
     slm_distinct = llm_distinct = 0.0
     agree = 0
+    outputs: dict[str, set[tuple[int, ...]]] = {"slm": set(), "llm": set()}
     for prompt in prompts:
         llm_out = list(generate_ids(llm, prompt, max_new_tokens=tokens))
         slm_out = list(generate_ids(slm, prompt, max_new_tokens=tokens))
+        outputs["llm"].add(tuple(llm_out))
+        outputs["slm"].add(tuple(slm_out))
         llm_distinct += len(set(llm_out)) / tokens / len(prompts)
         slm_distinct += len(set(slm_out)) / tokens / len(prompts)
         with torch.inference_mode():
             logits = slm(torch.tensor([prompt + llm_out]))[0, len(prompt) - 1:-1]  # (tokens, V)
         agree += int((logits.argmax(-1) == torch.tensor(llm_out)).sum())
-    return GuardStats(slm_distinct, llm_distinct, agree / (tokens * len(prompts)))
+    return GuardStats(slm_distinct, llm_distinct, agree / (tokens * len(prompts)),
+                      min(len(o) for o in outputs.values()) / len(prompts))
 
 
 def check_guard(slm: LlamaModel, llm: LlamaModel, prompts=GUARD_PROMPTS) -> GuardStats:
     """Fail loudly if the pair cannot tell a broken router from a working one."""
     stats = guard_stats(slm, llm, prompts)
     assert stats.slm_distinct >= 0.5 and stats.llm_distinct >= 0.5, f"greedy outputs repeat themselves: {stats}"
+    assert stats.prompt_dependence >= 0.5, f"greedy outputs hardly depend on the prompt: {stats}"
     assert 0.3 <= stats.agreement <= 0.8, f"SLM and LLM agree too rarely or too often: {stats}"
     return stats
 
