@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -13,8 +12,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tokenizers import Tokenizer as BackendTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from edgecloud import Client
 from edgecloud.models.config import ModelConfig
@@ -22,37 +19,11 @@ from edgecloud.models.generate import generate_ids
 from edgecloud.models.llama import LlamaModel
 from edgecloud.models.loader import save_model
 from edgecloud.models.tokenizer import Tokenizer
+from edgecloud.models.toy_tokenizer import write_toy_tokenizer
 from edgecloud.processes import DaemonGroup
 
 TINY_VOCAB = 64
 MODEL_CACHE = Path(tempfile.gettempdir()) / "edgecloud-tiny-models"
-CHATML = (
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-TOKENIZER_CORPUS = ["def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
-                    "héllo wörld ✓ — naïve café 日本語", "for i in range(10):\n    print(i)\n"] * 20
-
-
-def write_tiny_tokenizer(folder: Path, vocab_size: int = 300) -> Path:
-    """A byte-level BPE tokenizer folder (tokenizer.json + config with a ChatML template)."""
-    backend = BackendTokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size,
-                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator(TOKENIZER_CORPUS, trainer)
-    backend.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"chat_template": CHATML, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-         "tokenizer_class": "PreTrainedTokenizerFast"}))
-    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 0]}))
-    return folder
-
-
 # The tiny models are trained for a few hundred steps on a toy language, so that their greedy outputs
 # depend on the context (random weights repeat one token, and a test of the router on such models
 # passes with the router broken). The language: the next token's logits are a low-rank function of
@@ -206,7 +177,7 @@ def llm(tiny_models) -> LlamaModel:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_folder(tmp_path_factory) -> Path:
-    return write_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+    return write_toy_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
 @pytest.fixture(scope="session")
