@@ -8,7 +8,7 @@ tests' tiny shape: almost no compute, so what it shows is the daemon's per-reque
 overhead (the issue's "tiny models" case); a real model shows what batching the SLM's steps buys
 when compute dominates.
 
-    python benchmarks/edge_concurrency.py --model tiny --json benchmarks/results/edge_concurrency_tiny.json
+    python benchmarks/edge_concurrency.py --model tiny --threads 1 --json benchmarks/results/edge_concurrency_tiny.json
     python benchmarks/edge_concurrency.py --model qwen2.5-coder-0.5b-instruct --rounds 2 \\
         --json benchmarks/results/edge_concurrency_0.5b.json
 """
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="the edge's torch threads (default: its own)")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
 
@@ -105,10 +106,11 @@ def main() -> None:
     dtype = "fp32" if args.model == "tiny" else "bf16"
     result = {"benchmark": "edge_concurrency", "machine": {"cpu": platform.processor(), "cores": os.cpu_count()},
               "model": args.model, "dtype": dtype, "clients": args.clients, "max_tokens": args.max_tokens,
-              "policy": "slm-only", "rows": []}
+              "policy": "slm-only", "edge_threads": args.threads, "rows": []}
     with DaemonGroup(log_dir=root / "logs") as group:
         edge = group.start("edge", ["-m", "edgecloud.edge_node", "--model", str(folder), "--dtype", dtype,
-                                    "--listen", "127.0.0.1:0", "--max-active-requests", str(args.clients + 4)])
+                                    "--listen", "127.0.0.1:0", "--max-active-requests", str(args.clients + 4),
+                                    *(["--threads", str(args.threads)] if args.threads else [])])
         request(edge.address, args.max_tokens)  # warm-up (not recorded)
         for i in range(args.rounds):
             for held in (False, True):

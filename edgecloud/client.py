@@ -191,15 +191,7 @@ class Client:
         return self._async.last_summary
 
     def generate(self, prompt: str, **kwargs) -> Iterator[TokenEvent | Summary]:
-        stream = self._async.generate(prompt, **kwargs)
-        try:
-            while True:
-                try:
-                    yield self._loop.run(stream.__anext__(), timeout_s=None)
-                except StopAsyncIteration:
-                    return
-        finally:
-            self._loop.run(stream.aclose(), timeout_s=None)
+        yield from self._loop.iterate(self._async.generate(prompt, **kwargs))
 
     def text(self, prompt: str, **kwargs) -> str:
         return "".join(e.text for e in self.generate(prompt, **kwargs) if isinstance(e, TokenEvent))

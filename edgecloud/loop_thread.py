@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -52,6 +53,38 @@ class LoopThread:
         except BaseException:  # timed out, or the caller interrupted (Ctrl-C): stop the coroutine too
             future.cancel()
             raise
+
+    def iterate(self, items: AsyncGenerator[T, None]) -> Iterator[T]:
+        """An async generator's items on the caller's thread, produced on the loop ahead of the caller
+        through a queue: a burst of items costs one thread hand-off, not one per item. Stopping early
+        (``break``, an exception, Ctrl-C) closes the generator on the loop before this returns."""
+        ready: queue.SimpleQueue = queue.SimpleQueue()
+        finished = threading.Event()
+        end = object()
+
+        async def pump() -> None:
+            try:
+                async for item in items:
+                    ready.put((item, None))
+            except Exception as exc:  # raised on the caller's side, after the items before it
+                ready.put((None, exc))
+            finally:
+                ready.put((end, None))
+                finished.set()
+
+        future = asyncio.run_coroutine_threadsafe(pump(), self.loop)
+        try:
+            while True:
+                item, error = ready.get()
+                if error is not None:
+                    raise error
+                if item is end:
+                    return
+                yield item
+        finally:
+            if not finished.is_set():  # the caller stopped early: stop the generator too
+                future.cancel()
+                finished.wait(10)
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Call a plain function on the loop's thread and wait for its result."""

@@ -56,3 +56,30 @@ def test_a_caller_that_stops_waiting_stops_the_coroutine() -> None:
 def test_shared_loop_is_one_per_process() -> None:
     assert LoopThread.shared() is LoopThread.shared()
     assert LoopThread.shared().thread.is_alive()
+
+
+def test_iterate_yields_in_order_raises_after_and_closes_when_stopped_early() -> None:
+    closed = threading.Event()
+
+    async def numbers(fail_at: int | None = None):
+        try:
+            for i in range(1000):
+                if i == fail_at:
+                    raise ValueError(f"at {i}")
+                yield i
+                await asyncio.sleep(0)
+        finally:
+            closed.set()
+
+    with LoopThread() as loop:
+        assert list(loop.iterate(numbers())) == list(range(1000))
+        got = []
+        with pytest.raises(ValueError, match="at 7"):
+            for item in loop.iterate(numbers(fail_at=7)):
+                got.append(item)
+        assert got == list(range(7))
+        closed.clear()
+        for item in loop.iterate(numbers()):
+            if item == 3:
+                break
+        assert closed.is_set()  # closed on the loop before the early exit returned
