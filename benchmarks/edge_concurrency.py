@@ -91,6 +91,33 @@ def one_round(address: str, n: int, max_tokens: int, held: bool) -> dict:
             "tokens_per_request": statistics.mean(t for _, t in together)}
 
 
+def step_ms(folder: Path, n: int, dtype: str, threads: int | None, steps: int = 20) -> dict:
+    """In process: one SLM decode step for one session and for ``n`` sessions in one forward (ms)."""
+    import torch
+
+    from edgecloud.edge_node.drafter import Drafter
+    from edgecloud.models.dtypes import parse_dtype
+    from edgecloud.models.loader import load_model
+    from edgecloud.models.tokenizer import Tokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_model(folder, dtype=parse_dtype(dtype))
+    prompt = Tokenizer.from_folder(folder).prompt_ids(PROMPT)
+    arena = model.new_arena()
+    drafters = [Drafter(model, prompt, arena=arena, capacity=len(prompt) + 2 * steps) for _ in range(n)]
+    timings = {}
+    for label, batch in (("one_session", drafters[:1]), (f"{n}_sessions", drafters)):
+        started = time.perf_counter()
+        for _ in range(steps):
+            if len(batch) == 1:
+                batch[0].feed(batch[0].draft()[0])
+            else:
+                Drafter.feed_batch(batch, [d.draft()[0] for d in batch])
+        timings[f"step_ms_{label}"] = (time.perf_counter() - started) / steps * 1e3
+    return timings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="'tiny' (random weights) or a model name/folder")
@@ -107,6 +134,9 @@ def main() -> None:
     result = {"benchmark": "edge_concurrency", "machine": {"cpu": platform.processor(), "cores": os.cpu_count()},
               "model": args.model, "dtype": dtype, "clients": args.clients, "max_tokens": args.max_tokens,
               "policy": "slm-only", "edge_threads": args.threads, "rows": []}
+    steps = step_ms(folder, args.clients, dtype, args.threads)
+    result.update(steps)
+    print(", ".join(f"{k} {v:.2f}" for k, v in steps.items()), flush=True)
     with DaemonGroup(log_dir=root / "logs") as group:
         edge = group.start("edge", ["-m", "edgecloud.edge_node", "--model", str(folder), "--dtype", dtype,
                                     "--listen", "127.0.0.1:0", "--max-active-requests", str(args.clients + 4),
