@@ -38,15 +38,17 @@ def _decode_alone_and_together(slm, alone: list[Drafter], together: list[Drafter
             assert a.draft()[0] == b.draft()[0]
 
 
-def test_concurrent_requests_are_batched_and_unchanged(slm) -> None:
-    def greedy(prompt: list[int], steps: int) -> list[int]:
-        drafter, out = Drafter(slm, prompt), []
-        for _ in range(steps):
-            token, _ = drafter.draft()
-            out.append(token)
-            drafter.feed(token)
-        return out
+def _greedy(slm, prompt: list[int], steps: int) -> list[int]:
+    """One drafter alone, greedy: the reference for batched runs."""
+    drafter, out = Drafter(slm, prompt), []
+    for _ in range(steps):
+        token, _ = drafter.draft()
+        out.append(token)
+        drafter.feed(token)
+    return out
 
+
+def test_concurrent_requests_are_batched_and_unchanged(slm) -> None:
     async def scenario() -> tuple[list[list[int]], SlmScheduler]:
         scheduler = SlmScheduler()
 
@@ -66,7 +68,7 @@ def test_concurrent_requests_are_batched_and_unchanged(slm) -> None:
             await scheduler.close()
 
     outputs, scheduler = asyncio.run(scenario())
-    assert outputs == [greedy(p, 12) for p in PROMPTS]
+    assert outputs == [_greedy(slm, p, 12) for p in PROMPTS]
     assert scheduler.batches > 0 and scheduler.batched_feeds >= 2 * scheduler.batches
 
 
@@ -100,15 +102,6 @@ def test_arena_slots_are_reused_and_rows_stay_apart(slm) -> None:
     assert not isinstance(too_long.cache, ArenaCache)
     with pytest.raises(ValueError, match="exceed"):
         arena.reserve(33)
-
-
-def _greedy(slm, prompt: list[int], steps: int) -> list[int]:
-    drafter, out = Drafter(slm, prompt), []
-    for _ in range(steps):
-        token, _ = drafter.draft()
-        out.append(token)
-        drafter.feed(token)
-    return out
 
 
 def test_runs_of_several_requests_step_together_and_stop_where_asked(slm) -> None:
