@@ -85,16 +85,19 @@ class SlmScheduler:
         from edgecloud.edge_node.drafter import Drafter  # (it imports this module)
 
         runs: list[_Job] = []  # feeds in progress: each step feeds every one of them in one forward
+        waiting: list[_Job] = []  # feeds that will join the runs when a place is free (max_batch at once)
         while True:
-            jobs = [] if runs else [await queue.get()]
+            jobs = [] if runs or waiting else [await queue.get()]
             while not queue.empty() and len(jobs) < self.max_batch:
                 jobs.append(queue.get_nowait())
             jobs = [j for j in jobs if not j.future.done()]  # cancelled while waiting
-            for job in jobs:
-                if job.drafter is not None and not job.prefill_tokens:
-                    job.fed, job.run_started = [job.token], time.perf_counter()
-                    runs.append(job)  # joins the runs already going, at their next step
+            waiting += [j for j in jobs if j.drafter is not None and not j.prefill_tokens]
             runs = [j for j in runs if not j.future.done()]  # callers gone mid-run
+            waiting = [j for j in waiting if not j.future.done()]
+            while waiting and len(runs) < self.max_batch:  # join the runs already going, at their next step
+                job = waiting.pop(0)
+                job.fed, job.run_started = [job.token], time.perf_counter()
+                runs.append(job)
             if runs:
                 self.batches += len(runs) > 1
                 self.batched_feeds += len(runs) if len(runs) > 1 else 0

@@ -104,9 +104,12 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
                                 text=item.text, token_id=item.token_id, source=source, checked=item.checked,
                                 index=index))
                             index += item.token_id >= 0
-                        if events:
+                        if events and request.batched_events:
                             events[0].more.extend(events[1:])
                             yield events[0]
+                        else:
+                            for event in events:
+                                yield event
                         if isinstance(item, Accounting):
                             summary = summary_to_proto(item, policy=policy.name, threshold=policy.threshold,
                                                        edge_node_id=self.node_id)

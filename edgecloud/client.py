@@ -70,7 +70,8 @@ def build_request(prompt: str, *, max_tokens: int, policy: str, threshold: float
                   draft_window: int, cloud_prefetch: bool | None) -> generation_pb2.GenerateRequest:
     request = generation_pb2.GenerateRequest(prompt=prompt, max_tokens=max_tokens, policy=policy,
                                              temperature=temperature, chat=chat, assistant_prefix=assistant_prefix,
-                                             stop=list(stop), session_id=session_id, draft_window=draft_window)
+                                             stop=list(stop), session_id=session_id, draft_window=draft_window,
+                                             batched_events=True)
     if threshold is not None:
         request.threshold = threshold
     if target_cloud_share is not None:

@@ -33,6 +33,10 @@ async def coalesced(items: AsyncGenerator[T, None]) -> AsyncIterator[list[T]]:
             async for item in items:
                 ready.append(item)
                 wake.set()
+        except asyncio.CancelledError as exc:
+            if asyncio.current_task().cancelling():  # our own cancel (the consumer closed): just stop
+                raise
+            failure.append(exc)  # raised inside ``items`` (e.g. a call it made was cancelled): an error
         except Exception as exc:  # handed to the consumer after what came before it
             failure.append(exc)
         finally:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
@@ -59,32 +60,35 @@ class LoopThread:
         through a queue: a burst of items costs one thread hand-off, not one per item. Stopping early
         (``break``, an exception, Ctrl-C) closes the generator on the loop before this returns."""
         ready: queue.SimpleQueue = queue.SimpleQueue()
-        finished = threading.Event()
         end = object()
 
         async def pump() -> None:
             try:
                 async for item in items:
                     ready.put((item, None))
+            except asyncio.CancelledError as exc:
+                if asyncio.current_task().cancelling():  # our own cancel: the caller stopped early
+                    raise
+                ready.put((None, exc))  # raised inside ``items``: the caller must not see a clean end
             except Exception as exc:  # raised on the caller's side, after the items before it
                 ready.put((None, exc))
             finally:
                 ready.put((end, None))
-                finished.set()
 
-        future = asyncio.run_coroutine_threadsafe(pump(), self.loop)
+        task = self.call(lambda: self.loop.create_task(pump()))
+        ended = False
         try:
             while True:
                 item, error = ready.get()
                 if error is not None:
                     raise error
                 if item is end:
+                    ended = True
                     return
                 yield item
         finally:
-            if not finished.is_set():  # the caller stopped early: stop the generator too
-                future.cancel()
-                finished.wait(10)
+            if not ended:  # the caller stopped early (or the stream failed): make sure it is closed
+                self.run(_cancel_and_wait(task), timeout_s=None)
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Call a plain function on the loop's thread and wait for its result."""
@@ -99,3 +103,9 @@ class LoopThread:
             self.thread.join(10)
         if not self.loop.is_running():
             self.loop.close()
+
+
+async def _cancel_and_wait(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

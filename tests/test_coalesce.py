@@ -65,3 +65,19 @@ def test_closing_early_stops_and_closes_the_source() -> None:
         return log
 
     assert asyncio.run(scenario()) == ["closed"]
+
+
+def test_a_cancellation_inside_the_source_is_an_error_not_an_end() -> None:
+    """E.g. a call the source made was cancelled: the consumer must not take it for the stream's end."""
+    async def cancelled_inside():
+        yield 1
+        raise asyncio.CancelledError
+
+    async def scenario():
+        got = []
+        with pytest.raises(asyncio.CancelledError):
+            async for batch in coalesced(cancelled_inside()):
+                got.extend(batch)
+        return got
+
+    assert asyncio.run(scenario()) == [1]

@@ -246,3 +246,22 @@ def test_clocks_start_at_arrival_and_count_every_cloud_compute(pair) -> None:
     _, pushed = run(client, policy="entropy", threshold=20.0, cloud_prefetch=True, max_tokens=48)
     assert pushed.cloud_round_trips == 0 and pushed.cloud_background_calls > 0
     assert pushed.cloud_compute_s > 0  # the background pushes ran the LLM
+
+
+def test_tokens_come_one_per_event_unless_the_client_reads_more(pair) -> None:
+    """A caller that did not set batched_events (an older client, grpcurl) gets one token per event; the
+    SDK sets it, may get several per event, and reads the same tokens."""
+    from edgecloud.v1 import edge_node_pb2_grpc, generation_pb2
+
+    expected = greedy(pair["folders"]["slm"])
+    with grpc.insecure_channel(pair["edge"].address) as channel:
+        stub = edge_node_pb2_grpc.EdgeNodeStub(channel)
+        plain = list(stub.Generate(generation_pb2.GenerateRequest(prompt=PROMPT, max_tokens=MAX, policy="slm-only"),
+                                   timeout=30))
+        batched = list(stub.Generate(generation_pb2.GenerateRequest(prompt=PROMPT, max_tokens=MAX, policy="slm-only",
+                                                                    batched_events=True), timeout=30))
+    assert not any(event.more for event in plain)
+    assert [e.token_id for e in plain if e.token_id >= 0] == expected
+    assert len(batched) < len(plain)  # a tiny model's run: many tokens ready at once
+    assert [t.token_id for e in batched for t in (e, *e.more) if t.token_id >= 0] == expected
+    assert run(pair["client"], policy="slm-only")[0] == expected

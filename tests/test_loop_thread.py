@@ -83,3 +83,16 @@ def test_iterate_yields_in_order_raises_after_and_closes_when_stopped_early() ->
             if item == 3:
                 break
         assert closed.is_set()  # closed on the loop before the early exit returned
+
+
+def test_iterate_does_not_take_a_cancellation_inside_for_the_end() -> None:
+    async def cancelled_inside():
+        yield 1
+        raise asyncio.CancelledError
+
+    with LoopThread() as loop:
+        got = []
+        with pytest.raises(asyncio.CancelledError):
+            for item in loop.iterate(cancelled_inside()):
+                got.append(item)
+        assert got == [1]

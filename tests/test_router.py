@@ -169,3 +169,28 @@ def test_threshold_calibration_hits_target_share() -> None:
     t = maxprob.threshold_for_share([1 - p for p in (0.1, 0.5, 0.9, 0.99)], 0.5)
     policy = make_policy("max-prob", t)
     assert [policy.flags(TokenFeatures(0, p, 0, 0)) for p in (0.1, 0.5, 0.9, 0.99)] == [True, True, False, False]
+
+
+def test_a_stop_string_ends_drafting_at_its_token(slm, llm) -> None:
+    """Runs feed edge-kept tokens ahead of the reader; with stop strings the router feeds one token at a
+    time, so nothing is drafted or fed past the token that completes the stop (here: the 5th token)."""
+    from edgecloud.routing.router import until_stop
+
+    class Digits:  # the text decoder: each token id as its digits and a space
+        def push(self, token_id: int) -> str:
+            return f"{token_id} "
+
+    expected = greedy(slm)
+    stop = " ".join(str(t) for t in expected[3:5])  # completed by the 5th token (and not before)
+    assert stop not in " ".join(str(t) for t in expected[:4]) + " "
+    drafter = ThreadedDrafter(Drafter(slm, PROMPT))
+    router = HybridRouter(make_policy("slm-only"), InProcessCloudLink(SessionStore(llm)), PROMPT, drafter=drafter,
+                          max_new_tokens=MAX_NEW)
+
+    async def collect():
+        return [event async for event, _ in until_stop(router, Digits(), [stop])]
+
+    events = asyncio.run(collect())
+    assert ids(events) == expected[:5] and router.accounting.finish_reason == "stop"
+    assert router.accounting.drafted_tokens == 5
+    assert drafter.num_tokens == len(PROMPT) + 4  # the 5th is read, not fed

@@ -160,3 +160,30 @@ def test_a_run_stops_after_its_time_budget(slm) -> None:
 
     first, run, asked = asyncio.run(scenario())
     assert run == [first] and asked == []
+
+
+def test_no_step_holds_more_sessions_than_max_batch(slm) -> None:
+    widest: list[int] = []
+
+    class Watching(SlmScheduler):
+        @staticmethod
+        def _step(runs, max_run_s):
+            widest.append(len(runs))
+            return SlmScheduler._step(runs, max_run_s)
+
+    async def scenario() -> list[list[int]]:
+        scheduler = Watching(max_batch=3, max_run_s=60.0)
+
+        async def one(prompt: list[int]) -> list[int]:
+            drafter = ThreadedDrafter(Drafter(slm, prompt), scheduler)
+            first, _ = await drafter.draft()
+            return await drafter.feed_run(first, lambda draft, _: True, 6)
+
+        try:
+            return await asyncio.gather(*(one(p) for p in PROMPTS * 2))
+        finally:
+            await scheduler.close()
+
+    runs = asyncio.run(scenario())
+    assert runs == [_greedy(slm, p, 6) for p in PROMPTS * 2]
+    assert max(widest) == 3

@@ -178,6 +178,9 @@ class HybridRouter:
         self._emitted = 0
         self._done = False
         self._started_s = started_s  # perf_counter() when the request arrived (default: when run() starts)
+        # Feed edge-kept tokens in runs (one drafter call per run). A run drafts ahead of whoever reads the
+        # events, so ``until_stop`` turns this off when stop strings may end the request at any token.
+        self.runs = True
 
     async def run(self) -> AsyncIterator[TokenEvent]:
         if self._started_s is None:
@@ -287,7 +290,8 @@ class HybridRouter:
                     break
                 yield event
                 keeps = _EdgeKeeps(self.policy, self.stop_ids)
-                run = await drafter.feed_run(token, keeps, self.max_new_tokens - self._emitted + 1)
+                limit = self.max_new_tokens - self._emitted + 1 if self.runs else 1
+                run = await drafter.feed_run(token, keeps, limit)
                 decisions = keeps.decisions
                 acc.drafted_tokens += len(decisions)
                 self._unseen.extend(run)
@@ -341,6 +345,8 @@ async def until_stop(router: HybridRouter, decoder: TextDecoder,
     consume this with ``contextlib.aclosing`` for the same guarantee when the consumer stops early.
     """
     text = ""
+    if any(stops):
+        router.runs = False  # nothing is drafted, fed or counted past the token that completes a stop
     events = router.run()
     try:
         async for event in events:

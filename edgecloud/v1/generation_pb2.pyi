@@ -30,7 +30,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "messages", "max_tokens", "temperature", "seed", "policy", "threshold", "target_cloud_share", "session_id", "stop", "chat", "assistant_prefix", "edge_model", "cloud_model", "edge_node_id", "cloud_address", "draft_window", "cloud_prefetch")
+    __slots__ = ("prompt", "messages", "max_tokens", "temperature", "seed", "policy", "threshold", "target_cloud_share", "session_id", "stop", "chat", "assistant_prefix", "edge_model", "cloud_model", "edge_node_id", "cloud_address", "draft_window", "cloud_prefetch", "batched_events")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class GenerateRequest(_message.Message):
     CLOUD_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_WINDOW_FIELD_NUMBER: _ClassVar[int]
     CLOUD_PREFETCH_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_EVENTS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     max_tokens: int
@@ -67,7 +68,8 @@ class GenerateRequest(_message.Message):
     cloud_address: str
     draft_window: int
     cloud_prefetch: bool
-    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., target_cloud_share: _Optional[float] = ..., session_id: _Optional[str] = ..., stop: _Optional[_Iterable[str]] = ..., chat: _Optional[bool] = ..., assistant_prefix: _Optional[str] = ..., edge_model: _Optional[str] = ..., cloud_model: _Optional[str] = ..., edge_node_id: _Optional[str] = ..., cloud_address: _Optional[str] = ..., draft_window: _Optional[int] = ..., cloud_prefetch: _Optional[bool] = ...) -> None: ...
+    batched_events: bool
+    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., target_cloud_share: _Optional[float] = ..., session_id: _Optional[str] = ..., stop: _Optional[_Iterable[str]] = ..., chat: _Optional[bool] = ..., assistant_prefix: _Optional[str] = ..., edge_model: _Optional[str] = ..., cloud_model: _Optional[str] = ..., edge_node_id: _Optional[str] = ..., cloud_address: _Optional[str] = ..., draft_window: _Optional[int] = ..., cloud_prefetch: _Optional[bool] = ..., batched_events: _Optional[bool] = ...) -> None: ...
 
 class GenerationSummary(_message.Message):
     __slots__ = ("edge_tokens", "cloud_tokens", "checked_tokens", "drafted_tokens", "cloud_round_trips", "bytes_up", "bytes_down", "edge_compute_s", "cloud_compute_s", "network_s", "wall_s", "cloud_share", "finish_reason", "prompt_tokens", "policy", "threshold", "window_sizes", "edge_node_id", "cloud_node_id", "cloud_background_calls", "time_to_first_token_s")
