@@ -10,10 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+async def drain(items: AsyncGenerator[T, None], put: Callable[[T], object]) -> BaseException | None:
+    """``put`` each item of ``items``; the exception that ended it, or None. A CancelledError raised inside
+    ``items`` (a call it made was cancelled) is returned like any error, so that it is not taken for the
+    stream's end; the cancellation of the task running this propagates."""
+    try:
+        async for item in items:
+            put(item)
+    except asyncio.CancelledError as exc:
+        if asyncio.current_task().cancelling():
+            raise
+        return exc
+    except Exception as exc:
+        return exc
+    return None
 
 
 async def coalesced(items: AsyncGenerator[T, None]) -> AsyncIterator[list[T]]:
@@ -27,18 +43,15 @@ async def coalesced(items: AsyncGenerator[T, None]) -> AsyncIterator[list[T]]:
     failure: list[BaseException] = []
     finished = False
 
+    def put(item: T) -> None:
+        ready.append(item)
+        wake.set()
+
     async def produce() -> None:
         nonlocal finished
         try:
-            async for item in items:
-                ready.append(item)
-                wake.set()
-        except asyncio.CancelledError as exc:
-            if asyncio.current_task().cancelling():  # our own cancel (the consumer closed): just stop
-                raise
-            failure.append(exc)  # raised inside ``items`` (e.g. a call it made was cancelled): an error
-        except Exception as exc:  # handed to the consumer after what came before it
-            failure.append(exc)
+            if (error := await drain(items, put)) is not None:
+                failure.append(error)  # raised to the consumer after the items before it
         finally:
             finished = True
             wake.set()

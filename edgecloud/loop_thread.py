@@ -10,6 +10,8 @@ import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+from edgecloud.coalesce import drain
+
 T = TypeVar("T")
 
 
@@ -64,14 +66,8 @@ class LoopThread:
 
         async def pump() -> None:
             try:
-                async for item in items:
-                    ready.put((item, None))
-            except asyncio.CancelledError as exc:
-                if asyncio.current_task().cancelling():  # our own cancel: the caller stopped early
-                    raise
-                ready.put((None, exc))  # raised inside ``items``: the caller must not see a clean end
-            except Exception as exc:  # raised on the caller's side, after the items before it
-                ready.put((None, exc))
+                if (error := await drain(items, lambda item: ready.put((item, None)))) is not None:
+                    ready.put((None, error))  # raised on the caller's side, after the items before it
             finally:
                 ready.put((end, None))
 
