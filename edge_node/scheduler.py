@@ -7,12 +7,16 @@ per-token hops (futures, thread hand-offs, event-loop wake-ups) are paid once pe
 token. All runs in progress advance together, ONE forward per step over all their sessions
 (``Drafter.feed_batch``); new work joins between steps: feeds join the runs, waiting prompt
 chunks run as one batched forward, other work (rollbacks) one job at a time. Compute runs in a
-worker thread, never on the event loop, and nothing is held across a cloud round trip."""
+worker thread of its own, never on the event loop: it steps back to back without waiting for the
+loop, and hands each step's finished jobs to their loops in one call; it ends when idle, and the
+next job starts it again. Nothing is held across a cloud round trip."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
 
 MAX_BATCH = 32
 MAX_RUN_S = 0.05  # a run's tokens stream together, and other work waits for it: keep that unnoticeable
+IDLE_EXIT_S = 10.0  # the worker thread ends after this long with nothing to do (the next job starts one)
 
 
 @dataclass
@@ -41,12 +46,14 @@ class _Job:
 
 
 class SlmScheduler:
-    def __init__(self, max_batch: int = MAX_BATCH, max_run_s: float = MAX_RUN_S) -> None:
+    def __init__(self, max_batch: int = MAX_BATCH, max_run_s: float = MAX_RUN_S, idle_exit_s: float = IDLE_EXIT_S
+                 ) -> None:
         self.max_batch = max_batch
         self.max_run_s = max_run_s
-        self._queue: asyncio.Queue[_Job] | None = None
-        self._worker: asyncio.Task | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.idle_exit_s = idle_exit_s
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # starting the worker, and its exit when idle
         self.batches = 0  # forwards run for batched feeds (for tests and status)
         self.batched_feeds = 0
 
@@ -74,23 +81,42 @@ class SlmScheduler:
         return asyncio.get_running_loop().create_future()
 
     async def _submit(self, job: _Job) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._worker is None or self._worker.done():  # (re)start on this loop
-            self._loop, self._queue = loop, asyncio.Queue()
-            self._worker = loop.create_task(self._work(self._queue))
-        self._queue.put_nowait(job)
+        with self._lock:  # the worker exits when idle only under this lock, so a job is never stranded
+            self._queue.put(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="slm-scheduler", daemon=True)
+                self._thread.start()
         return await job.future
 
-    async def _work(self, queue: asyncio.Queue[_Job]) -> None:
+    def _next_jobs(self, block: bool) -> list[_Job] | None:
+        """The jobs queued now (at most ``max_batch``), waiting for one if ``block``; None: exit."""
+        jobs: list[_Job] = []
+        while len(jobs) < self.max_batch:
+            try:
+                job = self._queue.get(timeout=self.idle_exit_s) if block and not jobs else self._queue.get_nowait()
+            except queue.Empty:
+                if jobs or not block:
+                    break
+                with self._lock:
+                    if self._queue.empty():  # idle: the next job starts a new worker
+                        self._thread = None
+                        return None
+                continue
+            if job is None:  # close()
+                with self._lock:
+                    self._thread = None
+                return None
+            jobs.append(job)
+        return [j for j in jobs if not j.future.done()]  # cancelled while waiting
+
+    def _work(self) -> None:
+        """The worker thread: runs every job; results go back to each job's event loop, one hand-off
+        per step (not per token, and the loop is never waited for between steps)."""
         from edgecloud.edge_node.drafter import Drafter  # (it imports this module)
 
         runs: list[_Job] = []  # feeds in progress: each step feeds every one of them in one forward
         waiting: list[_Job] = []  # feeds that will join the runs when a place is free (max_batch at once)
-        while True:
-            jobs = [] if runs or waiting else [await queue.get()]
-            while not queue.empty() and len(jobs) < self.max_batch:
-                jobs.append(queue.get_nowait())
-            jobs = [j for j in jobs if not j.future.done()]  # cancelled while waiting
+        while (jobs := self._next_jobs(block=not (runs or waiting))) is not None:
             waiting += [j for j in jobs if j.drafter is not None and not j.prefill_tokens]
             runs = [j for j in runs if not j.future.done()]  # callers gone mid-run
             waiting = [j for j in waiting if not j.future.done()]
@@ -102,19 +128,19 @@ class SlmScheduler:
                 self.batches += len(runs) > 1
                 self.batched_feeds += len(runs) if len(runs) > 1 else 0
                 try:
-                    ended = await asyncio.to_thread(self._step, runs, self.max_run_s)
+                    ended = self._step(runs, self.max_run_s)
                 except Exception as exc:  # the forward failed: every run in it ends with the error
                     ended = [(job, exc) for job in runs]
-                for job, outcome in ended:
-                    _settle(job, outcome)
-                runs = [j for j in runs if not j.future.done()]
+                _settle_all(ended)
+                done = {id(job) for job, _ in ended}
+                runs = [j for j in runs if id(j) not in done]
             chunks = [j for j in jobs if j.prefill_tokens]
             if chunks:
-                await self._finish(chunks, Drafter.prefill_batch, [j.drafter for j in chunks],
-                                   [j.prefill_tokens for j in chunks])
+                self._finish(chunks, Drafter.prefill_batch, [j.drafter for j in chunks],
+                             [j.prefill_tokens for j in chunks])
             for job in jobs:
                 if job.fn is not None:
-                    await self._finish([job], job.fn, *job.args)
+                    self._finish([job], job.fn, *job.args)
 
     @staticmethod
     def _step(runs: list[_Job], max_run_s: float) -> list[tuple[_Job, list[int] | Exception]]:
@@ -146,20 +172,35 @@ class SlmScheduler:
         return ended
 
     @staticmethod
-    async def _finish(jobs: list[_Job], fn: Callable[..., Any], *args) -> None:
-        """``fn(*args)`` off the loop; its result, or its exception, goes to each of ``jobs``."""
+    def _finish(jobs: list[_Job], fn: Callable[..., Any], *args) -> None:
+        """``fn(*args)`` here; its result, or its exception, goes to each of ``jobs``."""
         try:
-            result = await asyncio.to_thread(fn, *args)
+            result = fn(*args)
         except Exception as exc:  # handed to the callers, the worker goes on
             result = exc
-        for job in jobs:
-            _settle(job, result)
+        _settle_all([(job, result) for job in jobs])
 
     async def close(self) -> None:
-        if self._worker is not None and self._loop is asyncio.get_running_loop():
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        """Stop the worker once the jobs queued before this are done."""
+        thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(thread.join)
+
+
+def _settle_all(outcomes: list[tuple[_Job, Any]]) -> None:
+    """From the worker thread: each job's outcome, set on its own loop (one wake-up per loop)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any]]] = {}
+    for job, outcome in outcomes:
+        by_loop.setdefault(job.future.get_loop(), []).append((job, outcome))
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: its callers are gone
+            loop.call_soon_threadsafe(_settle_each, settled)
+
+
+def _settle_each(outcomes: list[tuple[_Job, Any]]) -> None:
+    for job, outcome in outcomes:
+        _settle(job, outcome)
 
 
 def _settle(job: _Job, outcome: Any) -> None:

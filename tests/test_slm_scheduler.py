@@ -187,3 +187,22 @@ def test_no_step_holds_more_sessions_than_max_batch(slm) -> None:
     runs = asyncio.run(scenario())
     assert runs == [_greedy(slm, p, 6) for p in PROMPTS * 2]
     assert max(widest) == 3
+
+
+def test_the_worker_thread_ends_when_idle_and_serves_any_loop(slm) -> None:
+    """The worker is a thread of its own: it exits when idle, the next job starts a new one, and jobs
+    from two event loops (two ``asyncio.run``) are both answered on their own loop."""
+    scheduler = SlmScheduler(idle_exit_s=0.01)
+
+    async def greedy(prompt: list[int]) -> list[int]:
+        drafter = ThreadedDrafter(Drafter(slm, prompt), scheduler)
+        first, _ = await drafter.draft()
+        return await asyncio.wait_for(drafter.feed_run(first, lambda draft, _: True, 4), 10)  # a stranded job: fail
+
+    assert asyncio.run(greedy(PROMPTS[0])) == _greedy(slm, PROMPTS[0], 4)
+    first_worker = scheduler._thread
+    first_worker.join(timeout=5)
+    assert not first_worker.is_alive() and scheduler._thread is None
+    assert asyncio.run(greedy(PROMPTS[1])) == _greedy(slm, PROMPTS[1], 4)
+    asyncio.run(scheduler.close())
+    assert scheduler._thread is None
