@@ -170,6 +170,10 @@ class EdgeEngine:
         self.check(request)
         return self.policy_for(request)
 
+    def prepare(self, request: GenerationRequest) -> tuple[list[int], RoutingPolicy]:
+        """``prompt_ids`` and ``policy_for`` together: one trip off the event loop per request."""
+        return self.prompt_ids(request), self.policy_for(request)
+
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         """The request's prompt as token ids, within this node's limits (``RequestTooLarge``)."""
         ids = self.tokenizer.prompt_ids(request.prompt, chat=request.chat,

@@ -89,16 +89,15 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
                 return links[-1]
 
             with self.engine.admit():
-                prompt_ids = await asyncio.to_thread(self.engine.prompt_ids, domain)
-                policy = await asyncio.to_thread(self.engine.policy_for, domain)
+                prompt_ids, policy = await asyncio.to_thread(self.engine.prepare, domain)
                 items = self.engine.generate(domain, make_link, policy=policy, prompt_ids=prompt_ids,
                                              arrived_s=arrived_s)
                 async with contextlib.aclosing(coalesced(items)) as batches:
                     async for batch in batches:  # what is ready goes in one message
+                        tokens = [item for item in batch if not isinstance(item, Accounting)]
+                        accounting = next((item for item in batch if isinstance(item, Accounting)), None)
                         events = []
-                        for item in batch:
-                            if isinstance(item, Accounting):
-                                break
+                        for item in tokens:
                             source = common_pb2.SOURCE_CLOUD if item.source == CLOUD else common_pb2.SOURCE_EDGE
                             events.append(generation_pb2.GenerateEvent(
                                 text=item.text, token_id=item.token_id, source=source, checked=item.checked,
@@ -110,8 +109,8 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
                         else:
                             for event in events:
                                 yield event
-                        if isinstance(item, Accounting):
-                            summary = summary_to_proto(item, policy=policy.name, threshold=policy.threshold,
+                        if accounting is not None:  # the last item
+                            summary = summary_to_proto(accounting, policy=policy.name, threshold=policy.threshold,
                                                        edge_node_id=self.node_id)
                             yield generation_pb2.GenerateEvent(token_id=-1, index=index, summary=summary)
                             break
