@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,6 +13,9 @@ from edgecloud.models.generate import SamplingParams, select_token
 from edgecloud.models.kv_cache import ArenaCache, KVArena
 from edgecloud.models.llama import LlamaModel
 from edgecloud.routing.features import TokenFeatures, uncertainty
+
+if TYPE_CHECKING:
+    from edgecloud.routing.router import KeepDraft
 
 
 class Drafter:
@@ -159,7 +163,7 @@ class ThreadedDrafter:
     async def feed(self, token: int) -> None:
         await self._scheduler.feed(self._drafter, token)
 
-    async def feed_run(self, token: int, keep, max_tokens: int) -> list[int]:
+    async def feed_run(self, token: int, keep: KeepDraft, max_tokens: int) -> list[int]:
         return await self._scheduler.feed_run(self._drafter, token, keep, max_tokens)
 
     async def rollback(self, num_tokens: int, then_feed: list[int]) -> None:
