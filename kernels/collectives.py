@@ -28,6 +28,7 @@ from edgecloud.kernels.frames import Q80, RAW, FrameError, Header, tensor_view
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # one tensor's payload; bigger frames are refused by ZeroMQ itself
+ZERO_COPY_BYTES = 64 * 1024  # below this a copy is cheaper than ZeroMQ's zero-copy bookkeeping (pyzmq's advice)
 
 
 class CollectiveError(RuntimeError):
@@ -52,9 +53,9 @@ def _send(socket: zmq.Socket, header: Header, body: torch.Tensor | bytes | None,
     if body is None:
         socket.send_multipart(frames)
         return
-    if isinstance(body, torch.Tensor):  # zero-copy: ZeroMQ reads the tensor's memory
+    if isinstance(body, torch.Tensor):  # ZeroMQ reads the tensor's memory
         body = memoryview(body.view(torch.uint8).numpy()) if body.dtype == torch.bfloat16 else memoryview(body.numpy())
-    socket.send_multipart([*frames, body], copy=False)
+    socket.send_multipart([*frames, body], copy=len(body) < ZERO_COPY_BYTES)
 
 
 def _values(header: Header, body: zmq.Frame | bytes, numel: int, dtype: torch.dtype, codec: int) -> torch.Tensor:
@@ -67,7 +68,7 @@ def _values(header: Header, body: zmq.Frame | bytes, numel: int, dtype: torch.dt
         if header.nbytes != len(buffer):
             raise FrameError(f"rank {header.rank}: header says {header.nbytes} bytes, frame has {len(buffer)}")
         return q80.decode(buffer, numel)
-    expected = numel * torch.empty(0, dtype=dtype).element_size()
+    expected = numel * dtype.itemsize
     if header.nbytes != expected or len(buffer) != expected:
         raise FrameError(f"rank {header.rank}: {len(buffer)} bytes for {numel} {dtype} values (expected {expected})")
     if dtype == torch.bfloat16:
@@ -106,12 +107,21 @@ class _Peer:
                              f"{self.max_bytes}-byte limit")
 
     @staticmethod
-    def _recv(socket: zmq.Socket, deadline: float, who: str, what: str) -> list[zmq.Frame]:
-        """The next multipart message on ``socket`` before ``deadline`` (PeerTimeout naming ``who`` if none)."""
-        remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-        if not socket.poll(remaining_ms, zmq.POLLIN):
-            raise PeerTimeout(f"{who} sent nothing for {what} within the timeout")
-        return socket.recv_multipart(copy=False)
+    def _recv(socket: zmq.Socket, deadline: float, who: str, what: str) -> list[bytes | zmq.Frame]:
+        """The next multipart message on ``socket`` before ``deadline`` (PeerTimeout naming ``who`` if none).
+
+        Small frames come as bytes; a payload that its header says is large comes as a zero-copy Frame.
+        """
+        socket.setsockopt(zmq.RCVTIMEO, max(0, int((deadline - time.monotonic()) * 1000)))
+        try:
+            parts: list[bytes | zmq.Frame] = [socket.recv()]
+        except zmq.Again:
+            raise PeerTimeout(f"{who} sent nothing for {what} within the timeout") from None
+        while socket.getsockopt(zmq.RCVMORE):  # the rest of a message is already here
+            last = parts[-1]
+            large = isinstance(last, bytes) and frames.payload_bytes(last) >= ZERO_COPY_BYTES
+            parts.append(socket.recv(copy=not large))
+        return parts
 
     def close(self) -> None:
         for socket in self._sockets:
@@ -172,7 +182,7 @@ class StarAllreduce(_Peer):
                 if header.world_size != self.world_size or not 1 <= header.rank < self.world_size:
                     raise CollectiveError(f"a worker says it is rank {header.rank} of {header.world_size}; "
                                           f"this group has {self.world_size}")
-                self._identities[header.rank] = identity.bytes
+                self._identities[header.rank] = identity
             for identity in self._identities.values():
                 _send(self._router, Header(frames.WELCOME, 0, self.world_size, 0), None, [identity])
             return
@@ -205,7 +215,7 @@ class StarAllreduce(_Peer):
                     self.dropped_late += 1
                     continue
                 if header.kind != frames.CONTRIBUTE or header.step != self.step or header.rank not in pending or \
-                        len(body) != 1 or identity.bytes != self._identities.get(header.rank):
+                        len(body) != 1 or identity != self._identities.get(header.rank):
                     raise CollectiveError(f"unexpected frame from rank {header.rank} at step {self.step} "
                                           f"(kind {header.kind}, step {header.step})")
                 total += _values(header, body[0], tensor.numel(), tensor.dtype, self.codec)
@@ -235,7 +245,7 @@ class StarAllreduce(_Peer):
                 self.dropped_late += 1
                 continue
             if header.kind == frames.ABORT and header.step == self.step:
-                raise CollectiveError(f"the master aborted step {self.step}: {bytes(rest[0].buffer).decode()}")
+                raise CollectiveError(f"the master aborted step {self.step}: {bytes(rest[0]).decode(errors='replace')}")
             if header.kind != frames.RESULT or header.step != self.step or len(rest) != 1:
                 raise CollectiveError(f"unexpected frame from the master at step {self.step} "
                                       f"(kind {header.kind}, step {header.step})")
@@ -254,7 +264,7 @@ class StarAllreduce(_Peer):
     @staticmethod
     def _header(raw: zmq.Frame) -> Header:
         try:
-            return Header.unpack(raw.buffer)
+            return Header.unpack(raw)
         except FrameError as exc:
             raise CollectiveError(str(exc)) from exc
 
@@ -282,7 +292,7 @@ class RingAllreduce(_Peer):
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         _send(self._push, Header(frames.HELLO, self.rank, self.world_size, 0), None)
         raw, *_ = self._recv(self._pull, deadline, f"the ring before rank {self.rank}", "the hello")
-        if Header.unpack(raw.buffer).kind != frames.HELLO:
+        if Header.unpack(raw).kind != frames.HELLO:
             raise CollectiveError("the ring's first frame is not a hello")
 
     def allreduce(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -316,7 +326,7 @@ class RingAllreduce(_Peer):
         previous = (self.rank - 1) % self.world_size
         while True:
             raw, *body = self._recv(self._pull, deadline, f"rank {previous}", f"step {self.step} part {part}")
-            header = Header.unpack(raw.buffer)
+            header = Header.unpack(raw)
             if header.step < self.step or header.kind == frames.HELLO:
                 self.dropped_late += 1
                 continue

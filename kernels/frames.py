@@ -56,10 +56,19 @@ class Header:
         return cls(kind, rank, world, step, numel, nbytes, DTYPES[dtype], codec, part)
 
 
+# received frames are read-only and only read: torch's warning about that is noise here
+warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
+
+
+def payload_bytes(frame: bytes) -> int:
+    """The payload size a header frame announces (0 for anything that is not a header)."""
+    if len(frame) != HEADER_BYTES or frame[:4] != MAGIC:
+        return 0
+    return _HEADER.unpack(frame)[-1]
+
+
 def tensor_view(buffer: bytes | memoryview, dtype: torch.dtype) -> torch.Tensor:
     """A 1-D tensor over ``buffer`` without a copy (read-only buffers included: callers only read it)."""
     if len(buffer) == 0:
         return torch.empty(0, dtype=dtype)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given buffer is not writable")
-        return torch.frombuffer(buffer, dtype=dtype)
+    return torch.frombuffer(buffer, dtype=dtype)
