@@ -107,12 +107,13 @@ class _Peer:
                              f"{self.max_bytes}-byte limit")
 
     @staticmethod
-    def _recv(socket: zmq.Socket, deadline: float, who: str, what: str) -> list[bytes | zmq.Frame]:
-        """The next multipart message on ``socket`` before ``deadline`` (PeerTimeout naming ``who`` if none).
-
-        Small frames come as bytes; a payload that its header says is large comes as a zero-copy Frame.
+    def _recv(socket: zmq.Socket, deadline: float | None, who: str, what: str) -> list[bytes | zmq.Frame]:
+        """The next multipart message on ``socket`` before ``deadline`` (None: however long it takes;
+        PeerTimeout naming ``who`` if none). Small frames come as bytes; a payload that its header says
+        is large comes as a zero-copy Frame.
         """
-        socket.setsockopt(zmq.RCVTIMEO, max(0, int((deadline - time.monotonic()) * 1000)))
+        timeout_ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+        socket.setsockopt(zmq.RCVTIMEO, timeout_ms)
         try:
             parts: list[bytes | zmq.Frame] = [socket.recv()]
         except zmq.Again:
@@ -204,6 +205,26 @@ class StarAllreduce(_Peer):
         # a worker waits longer than the master, which knows who failed and says so in its abort
         return self._worker_step(tensor, deadline + self.timeout_s)
 
+    def broadcast(self, tensor: torch.Tensor | None, *, wait_s: float | None = None) -> torch.Tensor:
+        """The master's ``tensor`` on every rank (a step of its own, never compressed). The master passes the
+        tensor; a worker passes None and gets it back 1-D (any size within ``max_bytes``), waiting
+        ``wait_s`` at most (None: until the master sends; a worker waiting for its next command)."""
+        self.step += 1
+        if self.rank == 0:
+            if tensor is None:
+                raise ValueError("the master broadcasts a tensor")
+            self._check(tensor)
+            body, nbytes = _payload(tensor, RAW)
+            header = Header(frames.RESULT, 0, self.world_size, self.step, tensor.numel(), nbytes, tensor.dtype)
+            for rank in range(1, self.world_size):
+                _send(self._router, header, body, [self._identities[rank]])
+            return tensor
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        header, body = self._from_master(deadline)
+        if header.numel * header.dtype.itemsize > self.max_bytes:
+            raise CollectiveError(f"the master broadcast {header.numel} values, over the {self.max_bytes}-byte limit")
+        return _values(header, body, header.numel, header.dtype, RAW).to(header.dtype)
+
     def _master_step(self, tensor: torch.Tensor, deadline: float) -> torch.Tensor:
         total = tensor.detach().reshape(-1).float().clone()  # (numel,)
         pending = set(range(1, self.world_size))
@@ -238,6 +259,12 @@ class StarAllreduce(_Peer):
         body, nbytes = _payload(tensor, self.codec)
         _send(self._dealer, Header(frames.CONTRIBUTE, self.rank, self.world_size, self.step, tensor.numel(), nbytes,
                                    tensor.dtype, self.codec), body)
+        header, body = self._from_master(deadline)
+        values = _values(header, body, tensor.numel(), tensor.dtype, self.codec)
+        return values.to(tensor.dtype).view(tensor.shape)
+
+    def _from_master(self, deadline: float | None) -> tuple[Header, bytes | zmq.Frame]:
+        """The master's result for this step (frames of earlier steps dropped; an abort raised)."""
         while True:
             raw, *rest = self._recv(self._dealer, deadline, f"the master at {self.address}", f"step {self.step}")
             header = self._header(raw)
@@ -249,8 +276,7 @@ class StarAllreduce(_Peer):
             if header.kind != frames.RESULT or header.step != self.step or len(rest) != 1:
                 raise CollectiveError(f"unexpected frame from the master at step {self.step} "
                                       f"(kind {header.kind}, step {header.step})")
-            values = _values(header, rest[0], tensor.numel(), tensor.dtype, self.codec)
-            return values.to(tensor.dtype).view(tensor.shape)
+            return header, rest[0]
 
     def _abort(self, reason: str) -> None:
         """Tell every worker this step is off (the ones waiting fail at once, with the reason)."""
