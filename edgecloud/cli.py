@@ -66,6 +66,34 @@ def models_pull(name: Annotated[str, typer.Argument(help="zoo name, e.g. qwen2.5
 
 
 @app.command()
+def shard(
+    model: Annotated[str, typer.Argument(help="zoo name or HF model folder")],
+    ways: Annotated[int, typer.Option(min=1, help="devices in the tensor-parallel group")],
+    out: Annotated[Path, typer.Option(help="folder for plan.json, config.json and rank-<r>.safetensors")],
+    weights: Annotated[str | None, typer.Option(help="each device's share, e.g. 2,1,1 (default: even)")] = None,
+) -> None:
+    """Split a model for tensor parallelism: each device then reads only its own file."""
+    from edgecloud.models.loader import resolve_source
+    from edgecloud.models.sharded import write_shards
+
+    try:
+        shares = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise _fail(f"--weights takes one number per device, separated by commas (e.g. 2,1,1), not {weights[:80]!r}") from None
+    try:
+        plan = write_shards(resolve_source(model), out, ways, shares)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+    for s in plan.shards:
+        err.print(f"rank {s.rank}: query heads {s.heads[0]}-{s.heads[1] - 1 if s.num_heads else '-'} "
+                  f"({s.num_heads}), KV heads {s.num_kv_heads}, MLP columns {s.mlp[1] - s.mlp[0]}")
+    if plan.replicated_kv_heads:
+        err.print(f"{plan.replicated_kv_heads} KV head(s) per layer computed on two devices "
+                  "(a KV group split between them)")
+    err.print(f"[green]written:[/] {out}")
+
+
+@app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="the prompt (a user message for chat models)")],
     model: Annotated[str, typer.Option(help="zoo name, HF folder or .gguf file")] = "qwen2.5-coder-0.5b-instruct",

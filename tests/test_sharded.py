@@ -3,8 +3,6 @@ unsharded model's logits, through the star allreduce, in threads and in real wor
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -15,8 +13,9 @@ from edgecloud.kernels.collectives import StarAllreduce
 from edgecloud.models.config import ModelConfig
 from edgecloud.models.llama import LlamaModel
 from edgecloud.models.loader import save_model
-from edgecloud.models.sharded import ShardedModel, TensorParallelGroup, load_shard, serve_worker, write_shards
+from edgecloud.models.sharded import ShardedModel, TensorParallelGroup, serve_worker, write_shards
 from edgecloud.models.sharding import ShardPlan, apportion
+from edgecloud.models.tp_worker import local_group
 
 PROMPT = [3, 14, 15, 9, 2, 6, 40]
 GROUPS = [(1, None), (2, None), (2, [3, 1]), (3, None), (3, [1, 2, 1]), (4, None), (5, None), (5, [5, 1, 1, 1, 2])]
@@ -146,23 +145,11 @@ def test_greedy_generation_through_worker_processes(llama, tmp_path: Path) -> No
     """Pre-split files, workers as real processes that read only their own file: greedy == the whole model."""
     source = save_model(llama, tmp_path / "model")
     write_shards(source, tmp_path / "shards", 3, [1, 2, 1])
-    master = StarAllreduce.master("tcp://127.0.0.1:*", 3, timeout_s=30)
-    workers = [subprocess.Popen([sys.executable, "-m", "edgecloud.models.tp_worker", "--shards",
-                                 str(tmp_path / "shards"), "--rank", str(r), "--master", master.address])
-               for r in (1, 2)]
-    try:
-        master.connect(timeout_s=120)
-        group = TensorParallelGroup(load_shard(tmp_path / "shards", 0), master)
+    with local_group(tmp_path / "shards") as group:
         check_against(llama, group)
         group.reset()
         out, logits = [], group.forward(torch.tensor([PROMPT]))
         for _ in range(16):
             out.append(int(logits[0, -1].argmax()))
             logits = group.forward(torch.tensor([[out[-1]]]))
-        assert out == greedy(llama, PROMPT, 16)
-        group.close()
-        assert [w.wait(timeout=60) for w in workers] == [0, 0]
-    finally:
-        for worker in workers:
-            worker.kill()
-        master.close()
+    assert out == greedy(llama, PROMPT, 16)

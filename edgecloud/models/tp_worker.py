@@ -6,13 +6,48 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
 from edgecloud.kernels.collectives import StarAllreduce
 from edgecloud.models.dtypes import parse_dtype
-from edgecloud.models.sharded import load_shard, serve_worker
+from edgecloud.models.sharded import TensorParallelGroup, load_shard, serve_worker
+
+
+@contextlib.contextmanager
+def local_group(shards: str | Path, *, dtype: str = "fp32", threads: int | None = None, timeout_s: float = 30.0,
+                bind: str = "tcp://127.0.0.1:*") -> Iterator[TensorParallelGroup]:
+    """A whole group on this machine: rank 0 here, every other rank a worker process of its own.
+
+    On exit the workers are told to stop and waited for (killed if they do not); a worker that
+    failed makes this raise, with its exit code.
+    """
+    rank0 = load_shard(shards, 0, dtype=parse_dtype(dtype))
+    ways = rank0.plan.ways
+    with StarAllreduce.master(bind, ways, timeout_s=timeout_s) as collective:
+        extra = ["--threads", str(threads)] if threads else []
+        workers = [subprocess.Popen([sys.executable, "-m", "edgecloud.models.tp_worker", "--shards", str(shards),
+                                     "--rank", str(r), "--master", collective.address, "--dtype", dtype,
+                                     "--timeout-s", str(timeout_s), *extra]) for r in range(1, ways)]
+        try:
+            if ways > 1:
+                collective.connect(timeout_s=max(timeout_s, 120.0))
+            group = TensorParallelGroup(rank0, collective if ways > 1 else None)
+            yield group
+            group.close()
+            codes = [w.wait(timeout=60) for w in workers]
+            if any(codes):
+                raise RuntimeError(f"tensor-parallel workers exited with {codes}")
+        finally:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
