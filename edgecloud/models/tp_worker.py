@@ -9,7 +9,7 @@ import argparse
 import contextlib
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -21,9 +21,11 @@ from edgecloud.models.sharded import TensorParallelGroup, load_shard, serve_work
 
 @contextlib.contextmanager
 def local_group(shards: str | Path, *, dtype: str = "fp32", threads: int | None = None, timeout_s: float = 30.0,
-                bind: str = "tcp://127.0.0.1:*") -> Iterator[TensorParallelGroup]:
+                bind: str = "tcp://127.0.0.1:*", worker_address: Callable[[str, int], str] | None = None
+                ) -> Iterator[TensorParallelGroup]:
     """A whole group on this machine: rank 0 here, every other rank a worker process of its own.
 
+    ``worker_address(address, rank)`` may give a worker another way to the master (a shaping proxy).
     On exit the workers are told to stop and waited for (killed if they do not); a worker that
     failed makes this raise, with its exit code.
     """
@@ -32,7 +34,9 @@ def local_group(shards: str | Path, *, dtype: str = "fp32", threads: int | None 
     with StarAllreduce.master(bind, ways, timeout_s=timeout_s) as collective:
         extra = ["--threads", str(threads)] if threads else []
         workers = [subprocess.Popen([sys.executable, "-m", "edgecloud.models.tp_worker", "--shards", str(shards),
-                                     "--rank", str(r), "--master", collective.address, "--dtype", dtype,
+                                     "--rank", str(r), "--master",
+                                     worker_address(collective.address, r) if worker_address else collective.address,
+                                     "--dtype", dtype,
                                      "--timeout-s", str(timeout_s), *extra]) for r in range(1, ways)]
         try:
             if ways > 1:
