@@ -124,6 +124,25 @@ class _Peer:
             parts.append(socket.recv(copy=not large))
         return parts
 
+    def _current(self, socket: zmq.Socket, deadline: float | None, who: str, what: str, stale_kind: int
+                 ) -> tuple[Header, list[bytes | zmq.Frame]]:
+        """The next message of this step or later: those of earlier (aborted) steps and ``stale_kind``
+        ones (a repeated hello or welcome) are dropped."""
+        while True:
+            raw, *rest = self._recv(socket, deadline, who, what)
+            header = self._header(raw)
+            if header.step < self.step or header.kind == stale_kind:
+                self.dropped_late += 1
+                continue
+            return header, rest
+
+    @staticmethod
+    def _header(raw: bytes | zmq.Frame) -> Header:
+        try:
+            return Header.unpack(raw)
+        except FrameError as exc:
+            raise CollectiveError(str(exc)) from exc
+
     def close(self) -> None:
         for socket in self._sockets:
             socket.close(linger=0)
@@ -265,18 +284,14 @@ class StarAllreduce(_Peer):
 
     def _from_master(self, deadline: float | None) -> tuple[Header, bytes | zmq.Frame]:
         """The master's result for this step (frames of earlier steps dropped; an abort raised)."""
-        while True:
-            raw, *rest = self._recv(self._dealer, deadline, f"the master at {self.address}", f"step {self.step}")
-            header = self._header(raw)
-            if header.step < self.step or header.kind == frames.WELCOME:
-                self.dropped_late += 1
-                continue
-            if header.kind == frames.ABORT and header.step == self.step:
-                raise CollectiveError(f"the master aborted step {self.step}: {bytes(rest[0]).decode(errors='replace')}")
-            if header.kind != frames.RESULT or header.step != self.step or len(rest) != 1:
-                raise CollectiveError(f"unexpected frame from the master at step {self.step} "
-                                      f"(kind {header.kind}, step {header.step})")
-            return header, rest[0]
+        header, rest = self._current(self._dealer, deadline, f"the master at {self.address}", f"step {self.step}",
+                                     frames.WELCOME)
+        if header.kind == frames.ABORT and header.step == self.step:
+            raise CollectiveError(f"the master aborted step {self.step}: {bytes(rest[0]).decode(errors='replace')}")
+        if header.kind != frames.RESULT or header.step != self.step or len(rest) != 1:
+            raise CollectiveError(f"unexpected frame from the master at step {self.step} "
+                                  f"(kind {header.kind}, step {header.step})")
+        return header, rest[0]
 
     def _abort(self, reason: str) -> None:
         """Tell every worker this step is off (the ones waiting fail at once, with the reason)."""
@@ -286,13 +301,6 @@ class StarAllreduce(_Peer):
 
     def _ranks(self, ranks: set[int]) -> str:
         return "worker " + ", ".join(f"rank {r}" for r in sorted(ranks))
-
-    @staticmethod
-    def _header(raw: zmq.Frame) -> Header:
-        try:
-            return Header.unpack(raw)
-        except FrameError as exc:
-            raise CollectiveError(str(exc)) from exc
 
 
 class RingAllreduce(_Peer):
@@ -350,12 +358,8 @@ class RingAllreduce(_Peer):
 
     def _chunk(self, part: int, numel: int, dtype: torch.dtype, deadline: float) -> torch.Tensor:
         previous = (self.rank - 1) % self.world_size
-        while True:
-            raw, *body = self._recv(self._pull, deadline, f"rank {previous}", f"step {self.step} part {part}")
-            header = Header.unpack(raw)
-            if header.step < self.step or header.kind == frames.HELLO:
-                self.dropped_late += 1
-                continue
-            if header.kind != frames.CHUNK or header.step != self.step or header.part != part or len(body) != 1:
-                raise CollectiveError(f"unexpected frame from rank {header.rank} at step {self.step} part {part}")
-            return _values(header, body[0], numel, dtype, self.codec)
+        header, body = self._current(self._pull, deadline, f"rank {previous}", f"step {self.step} part {part}",
+                                     frames.HELLO)
+        if header.kind != frames.CHUNK or header.step != self.step or header.part != part or len(body) != 1:
+            raise CollectiveError(f"unexpected frame from rank {header.rank} at step {self.step} part {part}")
+        return _values(header, body[0], numel, dtype, self.codec)
