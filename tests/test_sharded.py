@@ -3,6 +3,8 @@ unsharded model's logits, through the star allreduce, in threads and in real wor
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -153,3 +155,38 @@ def test_greedy_generation_through_worker_processes(llama, tmp_path: Path) -> No
             out.append(int(logits[0, -1].argmax()))
             logits = group.forward(torch.tensor([[out[-1]]]))
     assert out == greedy(llama, PROMPT, 16)
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_a_memory_window_gives_the_same_logits(llama, tmp_path: Path, window: int) -> None:
+    """Layers read from disk as the forward reaches them, at most ``window`` in RAM: bit-identical logits."""
+    source = save_model(llama, tmp_path / "model")
+    write_shards(source, tmp_path / "shards", 2, [1, 2])
+    with local_group(tmp_path / "shards") as full:
+        expected = [full.forward(torch.tensor([PROMPT]))] + [full.forward(torch.tensor([[t]])) for t in (4, 9, 1)]
+    with local_group(tmp_path / "shards", memory_window=window) as windowed:
+        assert windowed.model.window is not None
+        got = [windowed.forward(torch.tensor([PROMPT]))] + [windowed.forward(torch.tensor([[t]])) for t in (4, 9, 1)]
+        resident = [layer for layer in windowed.model.layers if not layer.input_layernorm.weight.is_meta]
+        assert len(resident) <= window  # between forwards: only the prefetched first layers
+    assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+
+
+def test_peak_memory_with_a_window_of_two_stays_within_its_bound(tmp_path: Path) -> None:
+    """8 layers of 16 MiB each (fp32): loaded whole a process peaks above the model's 128 MiB; with a
+    window of 2 it stays below 3 layers + the embedding and head + 40 MiB of slack."""
+    config = ModelConfig(model_type="llama", vocab_size=64, hidden_size=512, intermediate_size=2048, num_layers=8,
+                         num_heads=8, num_kv_heads=4, head_dim=64, tie_word_embeddings=False, rope_theta=10000.0)
+    torch.manual_seed(0)
+    write_shards(save_model(LlamaModel(config), tmp_path / "model"), tmp_path / "shards", 1)
+    layer_mib = (4 * 512 * 512 - 2 * 512 * 256 + 3 * 512 * 2048) * 4 / 2 ** 20  # q, o full; k, v half; MLP
+    resident_mib = 2 * 64 * 512 * 4 / 2 ** 20
+
+    def peak_over_baseline_mib(*window: str) -> float:
+        out = subprocess.run([sys.executable, str(Path(__file__).parent / "rss_probe.py"), str(tmp_path / "shards"),
+                              *window], capture_output=True, text=True, check=True).stdout.split()
+        return (int(out[1]) - int(out[0])) / 1024
+
+    whole, windowed = peak_over_baseline_mib(), peak_over_baseline_mib("2")
+    assert whole > 8 * layer_mib
+    assert windowed < 3 * layer_mib + resident_mib + 40, (whole, windowed, layer_mib)

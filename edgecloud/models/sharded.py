@@ -14,11 +14,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from edgecloud.models.config import ModelConfig
 from edgecloud.models.kv_cache import KVCache
+from edgecloud.models.layer_window import LayerWindow
 from edgecloud.models.llama import MLP, Attention, AttentionMask, RMSNorm, RotaryEmbedding
 from edgecloud.models.loader import read_safetensors_folder, runtime_state_dict
 from edgecloud.models.sharding import Shard, ShardPlan
@@ -34,9 +36,10 @@ class ShardedAttention(Attention):
 
     def __init__(self, config: ModelConfig, layer_index: int, shard: Shard) -> None:
         super().__init__(config, layer_index, num_heads=shard.num_heads, num_kv_heads=shard.num_kv_heads)
-        kv_of_heads = torch.tensor(shard.kv_of_heads(config.kv_group_size))
+        kv_of_heads = torch.tensor(shard.kv_of_heads(config.kv_group_size), device="cpu")  # never on meta
+        per_kv = max(1, self.num_heads // self.num_kv_heads)
         even = self.num_heads % self.num_kv_heads == 0 and torch.equal(
-            kv_of_heads, torch.arange(self.num_kv_heads).repeat_interleave(self.num_heads // self.num_kv_heads))
+            kv_of_heads, torch.arange(self.num_kv_heads, device="cpu").repeat_interleave(per_kv))
         self.register_buffer("kv_of_heads", None if even else kv_of_heads, persistent=False)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention: AttentionMask) -> torch.Tensor:
@@ -68,11 +71,13 @@ class ShardedLayer(nn.Module):
 class ShardedModel(nn.Module):
     """One device's shard of a Llama-family model (rank 0 also holds embedding, final norm, LM head)."""
 
-    def __init__(self, plan: ShardPlan, rank: int) -> None:
+    def __init__(self, plan: ShardPlan, rank: int, *, layers_on_disk: bool = False) -> None:
         super().__init__()
         config = plan.config
         self.config, self.plan, self.shard = config, plan, plan.shards[rank]
-        self.layers = nn.ModuleList(ShardedLayer(config, i, self.shard) for i in range(config.num_layers))
+        with torch.device("meta" if layers_on_disk else "cpu"):  # meta: no memory until a window loads them
+            self.layers = nn.ModuleList(ShardedLayer(config, i, self.shard) for i in range(config.num_layers))
+        self.window: LayerWindow | None = None
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size) if rank == 0 else None
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps) if rank == 0 else None
@@ -87,9 +92,28 @@ class ShardedModel(nn.Module):
         model.load_state_dict(state, strict=True)
         return model.to(dtype).eval()
 
+    @classmethod
+    def from_file(cls, plan: ShardPlan, rank: int, path: str | Path, *, dtype: torch.dtype = torch.float32,
+                  memory_window: int | None = None) -> ShardedModel:
+        """This rank's shard from its own file; with ``memory_window`` only that many layers' weights are in
+        RAM at a time (``LayerWindow``), the rest read from the file as the forward reaches them."""
+        if memory_window is None or memory_window >= plan.config.num_layers:
+            return cls.from_state(plan, rank, load_file(str(path)), dtype=dtype)
+        model = cls(plan, rank, layers_on_disk=True)
+        with safe_open(str(path), framework="pt") as f:
+            names = [name for name in f.keys() if not name.startswith("layers.")]  # noqa: SIM118 (not a dict)
+            resident = {name: f.get_tensor(name).to(dtype, copy=True) for name in names}  # aligned copies
+        missing, unexpected = model.load_state_dict(resident, strict=False, assign=True)
+        if unexpected or any(not name.startswith("layers.") for name in missing):
+            raise ValueError(f"{path} does not hold rank {rank}'s shard ({len(missing)} missing, "
+                             f"{len(unexpected)} unexpected tensors)")
+        model.to(dtype).eval()
+        model.window = LayerWindow(model.layers, path, memory_window, dtype)
+        return model
+
     @property
     def dtype(self) -> torch.dtype:
-        return self.layers[0].input_layernorm.weight.dtype
+        return self.window.dtype if self.window is not None else self.layers[0].input_layernorm.weight.dtype
 
     def new_cache(self) -> KVCache | None:
         if not self.shard.num_kv_heads:
@@ -106,7 +130,7 @@ class ShardedModel(nn.Module):
                              f"{self.config.max_position_embeddings}")
         cos, sin = self.rotary(torch.arange(past, past + num_new), hidden.dtype)
         attention = AttentionMask.for_window(num_new, past, hidden.device)
-        for layer in self.layers:
+        for layer in self.layers if self.window is None else self.window:
             hidden = layer(hidden, cos, sin, cache, attention, allreduce)
         return hidden
 
@@ -213,8 +237,10 @@ def write_shards(source: str | Path, out: str | Path, ways: int, weights: list[f
     return plan
 
 
-def load_shard(folder: str | Path, rank: int, *, dtype: torch.dtype = torch.float32) -> ShardedModel:
-    """Rank ``rank``'s shard from a folder written by ``write_shards`` (only its own file is read)."""
+def load_shard(folder: str | Path, rank: int, *, dtype: torch.dtype = torch.float32,
+               memory_window: int | None = None) -> ShardedModel:
+    """Rank ``rank``'s shard from a folder written by ``write_shards`` (only its own file is read; with
+    ``memory_window``, only that many layers of it at a time)."""
     folder = Path(folder)
     config = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
     saved = json.loads((folder / "plan.json").read_text())
@@ -223,4 +249,5 @@ def load_shard(folder: str | Path, rank: int, *, dtype: torch.dtype = torch.floa
         raise ValueError(f"{folder / 'plan.json'} does not match this version's plan for its weights")
     if not 0 <= rank < plan.ways:
         raise ValueError(f"rank {rank} is not in a group of {plan.ways}")
-    return ShardedModel.from_state(plan, rank, load_file(str(folder / f"rank-{rank}.safetensors")), dtype=dtype)
+    return ShardedModel.from_file(plan, rank, folder / f"rank-{rank}.safetensors", dtype=dtype,
+                                  memory_window=memory_window)

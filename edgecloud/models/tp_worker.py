@@ -21,18 +21,19 @@ from edgecloud.models.sharded import TensorParallelGroup, load_shard, serve_work
 
 @contextlib.contextmanager
 def local_group(shards: str | Path, *, dtype: str = "fp32", threads: int | None = None, timeout_s: float = 30.0,
-                bind: str = "tcp://127.0.0.1:*", worker_address: Callable[[str, int], str] | None = None
-                ) -> Iterator[TensorParallelGroup]:
+                bind: str = "tcp://127.0.0.1:*", worker_address: Callable[[str, int], str] | None = None,
+                memory_window: int | None = None) -> Iterator[TensorParallelGroup]:
     """A whole group on this machine: rank 0 here, every other rank a worker process of its own.
 
     ``worker_address(address, rank)`` may give a worker another way to the master (a shaping proxy).
     On exit the workers are told to stop and waited for (killed if they do not); a worker that
     failed makes this raise, with its exit code.
     """
-    rank0 = load_shard(shards, 0, dtype=parse_dtype(dtype))
+    rank0 = load_shard(shards, 0, dtype=parse_dtype(dtype), memory_window=memory_window)
     ways = rank0.plan.ways
     with StarAllreduce.master(bind, ways, timeout_s=timeout_s) as collective:
-        extra = ["--threads", str(threads)] if threads else []
+        extra = (["--threads", str(threads)] if threads else []) + \
+            (["--memory-window", str(memory_window)] if memory_window else [])
         workers = [subprocess.Popen([sys.executable, "-m", "edgecloud.models.tp_worker", "--shards", str(shards),
                                      "--rank", str(r), "--master",
                                      worker_address(collective.address, r) if worker_address else collective.address,
@@ -62,10 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--timeout-s", type=float, default=30.0, help="for each allreduce step")
+    parser.add_argument("--memory-window", type=int, default=None,
+                        help="keep only this many layers' weights in RAM, reading the next ones in the background")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_shard(args.shards, args.rank, dtype=parse_dtype(args.dtype))
+    model = load_shard(args.shards, args.rank, dtype=parse_dtype(args.dtype), memory_window=args.memory_window)
     with StarAllreduce.worker(args.master, args.rank, model.plan.ways, timeout_s=args.timeout_s) as collective:
         collective.connect(timeout_s=max(args.timeout_s, 60.0))
         serve_worker(model, collective)
