@@ -12,7 +12,12 @@ sides, never pickle). Every call has a timeout: a peer that sends nothing in tim
 dropped, never summed into a later one. ``compress=True`` sends Q80 partial sums (``q80``: 3.76x
 fewer bytes than fp32; each compression adds at most ``q80.error_bound`` to a value).
 
-The sum is taken in float32 whatever the tensor's dtype and returned in that dtype.
+The star sums in float32 whatever the tensor's dtype; the ring's partial sums travel in the tensor's
+dtype (rounded at each hop for fp16/bf16). The result comes back in that dtype, in memory of its own.
+
+Trusted networks only, for now: frames are validated and size-bounded and nothing is unpickled, but
+peers are not authenticated (a rank is who it says it is; messages from connections outside the
+group are dropped). Encryption and keys (ZeroMQ CURVE) come with the cluster's credentials.
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ class _Peer:
         self.max_bytes = max_bytes
         self.step = 0
         self.dropped_late = 0  # frames from earlier (aborted) steps that were dropped
+        self.dropped_strangers = 0  # messages from connections that are not in the group
         self._context = zmq.Context.instance()
         self._sockets: list[zmq.Socket] = []
 
@@ -133,6 +139,8 @@ class _Peer:
             header = self._header(raw)
             if header.step < self.step or header.kind == stale_kind:
                 self.dropped_late += 1
+                if deadline is not None and time.monotonic() > deadline:  # a stream of stale frames: time is up
+                    raise PeerTimeout(f"{who} sent only stale frames for {what} within the timeout")
                 continue
             return header, rest
 
@@ -167,7 +175,7 @@ class StarAllreduce(_Peer):
         super().__init__(rank, world_size, timeout_s, compress, max_bytes)
         if rank == 0:
             self._router = self._socket(zmq.ROUTER)
-            self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes its rank back
+            # no ROUTER_HANDOVER: a second connection calling itself rank k cannot take rank k's route
             self._router.bind(address)
             self.address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
             self._identities: dict[int, bytes] = {}
@@ -242,14 +250,18 @@ class StarAllreduce(_Peer):
         header, body = self._from_master(deadline)
         if header.numel * header.dtype.itemsize > self.max_bytes:
             raise CollectiveError(f"the master broadcast {header.numel} values, over the {self.max_bytes}-byte limit")
-        return _values(header, body, header.numel, header.dtype, RAW).to(header.dtype)
+        return _values(header, body, header.numel, header.dtype, RAW).to(header.dtype, copy=True)
 
     def _master_step(self, tensor: torch.Tensor, deadline: float) -> torch.Tensor:
         total = tensor.detach().reshape(-1).float().clone()  # (numel,)
         pending = set(range(1, self.world_size))
+        members = set(self._identities.values())
         try:
             while pending:
                 identity, raw, *body = self._recv(self._router, deadline, self._ranks(pending), f"step {self.step}")
+                if identity not in members:  # not in the group: dropped unread, it cannot spoil the step
+                    self.dropped_strangers += 1
+                    continue
                 header = self._header(raw)
                 if header.step < self.step or header.kind == frames.HELLO:  # from an aborted step, or a re-join
                     self.dropped_late += 1
@@ -258,20 +270,25 @@ class StarAllreduce(_Peer):
                         len(body) != 1 or identity != self._identities.get(header.rank):
                     raise CollectiveError(f"unexpected frame from rank {header.rank} at step {self.step} "
                                           f"(kind {header.kind}, step {header.step})")
-                total += _values(header, body[0], tensor.numel(), tensor.dtype, self.codec)
+                values = _values(header, body[0], tensor.numel(), tensor.dtype, self.codec)
+                if self.codec == Q80 and not bool(torch.isfinite(values).all()):
+                    raise CollectiveError(f"rank {header.rank} sent non-finite values at step {self.step}")
+                total += values
                 pending.discard(header.rank)
-        except (CollectiveError, FrameError) as exc:
+            result = total.to(tensor.dtype)
+            body, nbytes = _payload(result, self.codec)  # Q80 refuses sums too large for its scales
+        except (CollectiveError, FrameError, ValueError) as exc:
             self._abort(str(exc))
             if isinstance(exc, CollectiveError):
                 raise
             raise CollectiveError(f"step {self.step}: {exc}") from exc
-        result = total.to(tensor.dtype)
-        body, nbytes = _payload(result, self.codec)
         header = Header(frames.RESULT, 0, self.world_size, self.step, tensor.numel(), nbytes, tensor.dtype, self.codec)
         for rank in range(1, self.world_size):
             _send(self._router, header, body, [self._identities[rank]])
         if self.codec == Q80:  # every rank gets the same sum: the master's too goes through the codec
             result = q80.decode(body, tensor.numel()).to(tensor.dtype)
+        elif result.numel() * result.element_size() >= ZERO_COPY_BYTES:
+            result = result.clone()  # ZeroMQ may still be reading the sent one: the caller gets its own
         return result.view(tensor.shape)
 
     def _worker_step(self, tensor: torch.Tensor, deadline: float) -> torch.Tensor:
@@ -280,7 +297,7 @@ class StarAllreduce(_Peer):
                                    tensor.dtype, self.codec), body)
         header, body = self._from_master(deadline)
         values = _values(header, body, tensor.numel(), tensor.dtype, self.codec)
-        return values.to(tensor.dtype).view(tensor.shape)
+        return values.to(tensor.dtype, copy=True).view(tensor.shape)  # its own memory, not the frame's
 
     def _from_master(self, deadline: float | None) -> tuple[Header, bytes | zmq.Frame]:
         """The master's result for this step (frames of earlier steps dropped; an abort raised)."""
@@ -326,7 +343,7 @@ class RingAllreduce(_Peer):
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         _send(self._push, Header(frames.HELLO, self.rank, self.world_size, 0), None)
         raw, *_ = self._recv(self._pull, deadline, f"the ring before rank {self.rank}", "the hello")
-        if Header.unpack(raw).kind != frames.HELLO:
+        if self._header(raw).kind != frames.HELLO:
             raise CollectiveError("the ring's first frame is not a hello")
 
     def allreduce(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -338,28 +355,37 @@ class RingAllreduce(_Peer):
             return total.to(tensor.dtype).view(tensor.shape)
         chunks = list(torch.tensor_split(total, n))  # views of total
         deadline = time.monotonic() + self.timeout_s
+        relay: bytes = b""  # Q80 all-gather: the bytes received, passed on as they are (re-encoding drifts)
         for part in range(2 * (n - 1)):  # reduce-scatter, then all-gather
             reducing = part < n - 1
-            if part == n - 1 and self.codec == Q80:  # the chunk this rank reduced: as every other rank gets it
-                owned = chunks[(rank + 1) % n]
-                owned.copy_(q80.decode(q80.encode(owned.to(tensor.dtype)), owned.numel()))
             send_index = (rank - part) % n if reducing else (rank + 1 - (part - n + 1)) % n
             recv_index = (send_index - 1) % n
-            outgoing = chunks[send_index].to(tensor.dtype)
-            body, nbytes = _payload(outgoing, self.codec)
-            _send(self._push, Header(frames.CHUNK, rank, n, self.step, outgoing.numel(), nbytes, tensor.dtype, self.codec,
-                                     part), body)
-            incoming = self._chunk(part, chunks[recv_index].numel(), tensor.dtype, deadline)
+            outgoing = chunks[send_index]
+            if reducing or self.codec != Q80:
+                body, nbytes = _payload(outgoing.to(tensor.dtype), self.codec)
+            elif part == n - 1:  # the chunk this rank reduced: encoded once, kept as every other rank gets it
+                body = q80.encode(outgoing.to(tensor.dtype))
+                nbytes = len(body)
+                outgoing.copy_(q80.decode(body, outgoing.numel()))
+            else:
+                body, nbytes = relay, len(relay)
+            _send(self._push, Header(frames.CHUNK, rank, n, self.step, outgoing.numel(), nbytes, tensor.dtype,
+                                     self.codec, part), body)
+            incoming, raw = self._chunk(part, chunks[recv_index].numel(), tensor.dtype, deadline)
             if reducing:
                 chunks[recv_index] += incoming
             else:
                 chunks[recv_index].copy_(incoming)
+                relay = bytes(raw.buffer if isinstance(raw, zmq.Frame) else raw) if self.codec == Q80 else b""
         return total.to(tensor.dtype).view(tensor.shape)
 
-    def _chunk(self, part: int, numel: int, dtype: torch.dtype, deadline: float) -> torch.Tensor:
+    def _chunk(self, part: int, numel: int, dtype: torch.dtype, deadline: float
+               ) -> tuple[torch.Tensor, bytes | zmq.Frame]:
+        """The predecessor's chunk for this part: its values and the frame they came in."""
         previous = (self.rank - 1) % self.world_size
         header, body = self._current(self._pull, deadline, f"rank {previous}", f"step {self.step} part {part}",
                                      frames.HELLO)
-        if header.kind != frames.CHUNK or header.step != self.step or header.part != part or len(body) != 1:
+        if header.kind != frames.CHUNK or header.step != self.step or header.part != part or len(body) != 1 \
+                or header.rank != previous:
             raise CollectiveError(f"unexpected frame from rank {header.rank} at step {self.step} part {part}")
-        return _values(header, body[0], numel, dtype, self.codec)
+        return _values(header, body[0], numel, dtype, self.codec), body[0]

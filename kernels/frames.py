@@ -1,6 +1,6 @@
 """The collectives' wire frames: a fixed binary header, then the raw tensor bytes (no pickle).
 
-Header (little-endian, 40 bytes): magic ``ECC1``, kind, dtype code, codec, flags, sender rank,
+Header (little-endian, 36 bytes): magic ``ECC1``, kind, dtype code, codec, flags, sender rank,
 world size, step id, part (ring chunk index), number of values, payload bytes. Everything read
 from a peer is checked against what the receiver expects before any tensor is built.
 """
