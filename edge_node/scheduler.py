@@ -54,6 +54,7 @@ class SlmScheduler:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # starting the worker, and its exit when idle
+        self._closing = False  # close() asked: the worker exits once nothing is left
         self.batches = 0  # forwards run for batched feeds (for tests and status)
         self.batched_feeds = 0
 
@@ -89,29 +90,41 @@ class SlmScheduler:
         return await job.future
 
     def _next_jobs(self, block: bool) -> list[_Job] | None:
-        """The jobs queued now (at most ``max_batch``), waiting for one if ``block``; None: exit."""
+        """The jobs queued now (at most ``max_batch``), waiting for one if ``block``; None: exit (idle, or
+        closing with nothing left to do)."""
         jobs: list[_Job] = []
         while len(jobs) < self.max_batch:
+            wait = block and not jobs and not self._closing
             try:
-                job = self._queue.get(timeout=self.idle_exit_s) if block and not jobs else self._queue.get_nowait()
+                job = self._queue.get(timeout=self.idle_exit_s) if wait else self._queue.get_nowait()
             except queue.Empty:
                 if jobs or not block:
                     break
                 with self._lock:
-                    if self._queue.empty():  # idle: the next job starts a new worker
-                        self._thread = None
+                    if self._queue.empty():  # idle (or closed): the next job starts a new worker
+                        self._thread, self._closing = None, False
                         return None
                 continue
-            if job is None:  # close()
-                with self._lock:
-                    self._thread = None
-                return None
+            if job is None:  # close(): finish what is queued and in progress, then exit
+                self._closing = True
+                continue
             jobs.append(job)
         return [j for j in jobs if not j.future.done()]  # cancelled while waiting
 
     def _work(self) -> None:
         """The worker thread: runs every job; results go back to each job's event loop, one hand-off
         per step (not per token, and the loop is never waited for between steps)."""
+        try:
+            self._serve()
+        finally:  # even if something no job handler catches gets out: no job waits for a dead worker
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                    if not self._queue.empty():
+                        self._thread = threading.Thread(target=self._work, name="slm-scheduler", daemon=True)
+                        self._thread.start()
+
+    def _serve(self) -> None:
         from edgecloud.edge_node.drafter import Drafter  # (it imports this module)
 
         runs: list[_Job] = []  # feeds in progress: each step feeds every one of them in one forward
@@ -181,10 +194,12 @@ class SlmScheduler:
         _settle_all([(job, result) for job in jobs])
 
     async def close(self) -> None:
-        """Stop the worker once the jobs queued before this are done."""
-        thread = self._thread
+        """Stop the worker once the jobs queued and in progress are done."""
+        with self._lock:  # the worker cannot exit idle between this check and the sentinel
+            thread = self._thread
+            if thread is not None:
+                self._queue.put(None)
         if thread is not None:
-            self._queue.put(None)
             await asyncio.to_thread(thread.join)
 
 
@@ -200,7 +215,10 @@ def _settle_all(outcomes: list[tuple[_Job, Any]]) -> None:
 
 def _settle_each(outcomes: list[tuple[_Job, Any]]) -> None:
     for job, outcome in outcomes:
-        _settle(job, outcome)
+        try:
+            _settle(job, outcome)
+        except Exception as exc:  # an exception a future refuses (StopIteration): the caller still hears
+            job.future.set_exception(RuntimeError(f"SLM work failed: {exc!r}"))
 
 
 def _settle(job: _Job, outcome: Any) -> None:

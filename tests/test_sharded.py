@@ -190,3 +190,16 @@ def test_peak_memory_with_a_window_of_two_stays_within_its_bound(tmp_path: Path)
     whole, windowed = peak_over_baseline_mib(), peak_over_baseline_mib("2")
     assert whole > 8 * layer_mib
     assert windowed < 3 * layer_mib + resident_mib + 40, (whole, windowed, layer_mib)
+
+
+def test_a_too_long_window_is_refused_before_any_device_hears_of_it(llama) -> None:
+    group, threads = start_group(llama, 2, None)
+    limit = llama.config.max_position_embeddings
+    try:
+        with pytest.raises(ValueError, match="exceed the model's context"):
+            group.forward(torch.zeros(1, limit + 1, dtype=torch.long))
+        check_against(llama, group)  # the workers are still there, in step
+    finally:
+        group.close()
+        for thread in threads:
+            thread.join(timeout=20)

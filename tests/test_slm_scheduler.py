@@ -208,3 +208,22 @@ def test_the_worker_thread_ends_when_idle_and_serves_any_loop(slm) -> None:
     assert asyncio.run(greedy(PROMPTS[1])) == _greedy(slm, PROMPTS[1], 4)
     asyncio.run(scheduler.close())
     assert scheduler._thread is None
+
+
+def test_close_finishes_the_work_queued_and_in_progress(slm) -> None:
+    """close() while runs are going and more are queued: every caller still gets its tokens."""
+    scheduler = SlmScheduler(max_batch=2, max_run_s=60.0)
+
+    async def scenario() -> list[list[int]]:
+        async def one(prompt: list[int]) -> list[int]:
+            drafter = ThreadedDrafter(Drafter(slm, prompt), scheduler)
+            first, _ = await drafter.draft()
+            return await drafter.feed_run(first, lambda draft, _: True, 6)
+
+        tasks = [asyncio.ensure_future(one(p)) for p in PROMPTS]
+        while scheduler._thread is None:  # until the first job has started the worker
+            await asyncio.sleep(0)
+        await scheduler.close()
+        return await asyncio.wait_for(asyncio.gather(*tasks), 10)  # a dropped job would time out
+
+    assert asyncio.run(scenario()) == [_greedy(slm, p, 6) for p in PROMPTS]

@@ -43,6 +43,8 @@ class LayerWindow:
     def __iter__(self) -> Iterator[nn.Module]:
         """Each layer in order with its weights loaded; they are dropped once the caller moves on."""
         count = len(self.layers)
+        for stale in [i for i in self._pending if i >= self.size]:  # an aborted forward's reads: not needed yet
+            self._pending.pop(stale).cancel()
         for i in range(count):
             for ahead in range(self.size):
                 self._prefetch((i + ahead) % count)

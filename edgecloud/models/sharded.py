@@ -152,11 +152,14 @@ class TensorParallelGroup:
         self.model, self.collective = model, collective
         self.cache = model.new_cache()
         self.length = 0  # tokens cached (on every device)
+        self.broken: Exception | None = None  # set when a command failed midway: devices may disagree now
 
     def _allreduce(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor if self.collective is None else self.collective.allreduce(tensor)
 
     def _command(self, op: float, num_new: int = 0, past: int = 0, hidden: torch.Tensor | None = None) -> None:
+        if self.broken is not None:
+            raise RuntimeError(f"this tensor-parallel group failed earlier ({self.broken}); start it again")
         if self.collective is None:
             return
         head = torch.tensor([op, float(num_new), float(past)])
@@ -167,9 +170,18 @@ class TensorParallelGroup:
         """Logits (1, T, V) for new tokens (1, T) after those cached (the last ``last_n`` positions only)."""
         if input_ids.dim() != 2 or input_ids.shape[0] != 1:
             raise ValueError(f"a group decodes one sequence: ids of shape (1, T), got {tuple(input_ids.shape)}")
+        limit = self.model.config.max_position_embeddings
+        if self.length + input_ids.shape[1] > limit:  # checked before any device hears of it
+            raise ValueError(f"{self.length + input_ids.shape[1]} positions exceed the model's context of {limit}")
         hidden = self.model.embed_tokens(input_ids)  # (1, T, C)
         self._command(FORWARD, hidden.shape[1], self.length, hidden)
-        hidden = self.model.forward_layers(hidden, self.length, self.cache, self._allreduce)
+        try:
+            hidden = self.model.forward_layers(hidden, self.length, self.cache, self._allreduce)
+        except Exception as exc:  # a device failed midway: the caches now disagree, so the group is done
+            if self.cache is not None:
+                self.cache.crop(self.length)
+            self.broken = exc
+            raise
         self.length += input_ids.shape[1]
         return self.model.head(hidden if last_n is None else hidden[:, -last_n:])
 

@@ -7,7 +7,7 @@ Cost model per token, for a group whose shares follow each device's speed:
                     + L + (N - 1) * S / B + overhead                        (the layer input, broadcast)
 
 with L the slowest link's one-way latency to the master (a star step waits for its slowest
-member), S the bytes of one hidden state (the allreduced partial sums), B the master's link rate
+member), S the bytes of one hidden state (the allreduced partial sums), B the slowest worker link's rate
 and ``overhead`` the measured per-collective cost on this software stack (framing, wake-ups).
 Adding a device shortens compute and lengthens communication: ``plan_group`` adds devices in order
 of latency while the prediction improves, so a device behind a slow link is left out.

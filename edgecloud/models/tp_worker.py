@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     model = load_shard(args.shards, args.rank, dtype=parse_dtype(args.dtype), memory_window=args.memory_window)
     with StarAllreduce.worker(args.master, args.rank, model.plan.ways, timeout_s=args.timeout_s) as collective:
-        collective.connect(timeout_s=max(args.timeout_s, 60.0))
+        collective.connect(timeout_s=max(args.timeout_s, 600.0))  # the others may still be loading their shards
         serve_worker(model, collective)
     return 0
 
