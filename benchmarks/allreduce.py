@@ -18,7 +18,6 @@ on 127.0.0.1, never a pattern for code that faces a network.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import pickle
@@ -28,7 +27,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -139,15 +137,14 @@ def rank_main(args: argparse.Namespace) -> None:
 # ---- the driver ----
 
 class Proxies:
-    """Shaping proxies on an event loop in a thread of this process."""
+    """Shaping proxies on an event loop in a thread of this process (``LoopThread``)."""
 
     def __init__(self, latency_ms: float, rate_mbps: float) -> None:
+        from edgecloud.loop_thread import LoopThread
         from edgecloud.simulator.profiles import LinkProfile
 
         self.profile = LinkProfile.symmetric(latency_ms=latency_ms, rate_mbps=rate_mbps)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        self.loop_thread = LoopThread("proxies").__enter__()
         self.links = []
 
     def link_to(self, address: str) -> str:
@@ -155,19 +152,14 @@ class Proxies:
         from edgecloud.simulator.proxy import ShapingProxy
 
         host, port = address.replace("tcp://", "").rsplit(":", 1)
-
-        async def start():
-            return await ShapingProxy.create(upstream=(host, int(port)), profile=self.profile)
-
-        link = asyncio.run_coroutine_threadsafe(start(), self.loop).result()
+        link = self.loop_thread.run(ShapingProxy.create(upstream=(host, int(port)), profile=self.profile))
         self.links.append(link)
         return link.address
 
     def close(self) -> None:
         for link in self.links:
-            asyncio.run_coroutine_threadsafe(link.close(), self.loop).result()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
+            self.loop_thread.run(link.close())
+        self.loop_thread.close()
 
 
 def run_group(algo: str, world: int, sizes: list[int], iters: list[int], latency_ms: float | None,

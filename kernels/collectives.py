@@ -54,13 +54,13 @@ def _payload(tensor: torch.Tensor, codec: int) -> tuple[torch.Tensor | bytes, in
 
 
 def _send(socket: zmq.Socket, header: Header, body: torch.Tensor | bytes | None, prefix: Sequence[bytes] = ()) -> None:
-    frames = [*prefix, header.pack()]
+    parts = [*prefix, header.pack()]
     if body is None:
-        socket.send_multipart(frames)
+        socket.send_multipart(parts)
         return
     if isinstance(body, torch.Tensor):  # ZeroMQ reads the tensor's memory
         body = memoryview(body.view(torch.uint8).numpy()) if body.dtype == torch.bfloat16 else memoryview(body.numpy())
-    socket.send_multipart([*frames, body], copy=len(body) < ZERO_COPY_BYTES)
+    socket.send_multipart([*parts, body], copy=len(body) < ZERO_COPY_BYTES)
 
 
 def _values(header: Header, body: zmq.Frame | bytes, numel: int, dtype: torch.dtype, codec: int) -> torch.Tensor:
@@ -211,8 +211,7 @@ class StarAllreduce(_Peer):
                     raise CollectiveError(f"a worker says it is rank {header.rank} of {header.world_size}; "
                                           f"this group has {self.world_size}")
                 self._identities[header.rank] = identity
-            for identity in self._identities.values():
-                _send(self._router, Header(frames.WELCOME, 0, self.world_size, 0), None, [identity])
+            self._to_workers(Header(frames.WELCOME, 0, self.world_size, 0), None)
             return
         _send(self._dealer, Header(frames.HELLO, self.rank, self.world_size, 0), None)
         while True:
@@ -243,8 +242,7 @@ class StarAllreduce(_Peer):
             self._check(tensor)
             body, nbytes = _payload(tensor, RAW)
             header = Header(frames.RESULT, 0, self.world_size, self.step, tensor.numel(), nbytes, tensor.dtype)
-            for rank in range(1, self.world_size):
-                _send(self._router, header, body, [self._identities[rank]])
+            self._to_workers(header, body)
             return tensor
         deadline = None if wait_s is None else time.monotonic() + wait_s
         header, body = self._from_master(deadline)
@@ -283,8 +281,7 @@ class StarAllreduce(_Peer):
                 raise
             raise CollectiveError(f"step {self.step}: {exc}") from exc
         header = Header(frames.RESULT, 0, self.world_size, self.step, tensor.numel(), nbytes, tensor.dtype, self.codec)
-        for rank in range(1, self.world_size):
-            _send(self._router, header, body, [self._identities[rank]])
+        self._to_workers(header, body)
         if self.codec == Q80:  # every rank gets the same sum: the master's too goes through the codec
             result = q80.decode(body, tensor.numel()).to(tensor.dtype)
         elif result.numel() * result.element_size() >= ZERO_COPY_BYTES:
@@ -312,9 +309,12 @@ class StarAllreduce(_Peer):
 
     def _abort(self, reason: str) -> None:
         """Tell every worker this step is off (the ones waiting fail at once, with the reason)."""
-        message = reason[:500].encode()
+        self._to_workers(Header(frames.ABORT, 0, self.world_size, self.step), reason[:500].encode())
+
+    def _to_workers(self, header: Header, body: torch.Tensor | bytes | None) -> None:
+        """The same message to every worker (the master only)."""
         for identity in self._identities.values():
-            self._router.send_multipart([identity, Header(frames.ABORT, 0, self.world_size, self.step).pack(), message])
+            _send(self._router, header, body, [identity])
 
     def _ranks(self, ranks: set[int]) -> str:
         return "worker " + ", ".join(f"rank {r}" for r in sorted(ranks))

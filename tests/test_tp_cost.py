@@ -3,13 +3,12 @@ profile and on a real group whose worker sits behind the shaping proxy."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from pathlib import Path
 
 import torch
 
+from edgecloud.loop_thread import LoopThread
 from edgecloud.models.config import ModelConfig
 from edgecloud.models.llama import LlamaModel
 from edgecloud.models.loader import save_model
@@ -54,26 +53,20 @@ def test_a_real_worker_behind_a_slow_link_makes_the_group_slower_as_predicted(tm
     with local_group(tmp_path / "shards-1") as group:
         alone_ms = ms_per_token(group)
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
     links = []
+    with LoopThread("proxies") as proxies:
+        def via_proxy(address: str, rank: int) -> str:
+            host, port = address.replace("tcp://", "").rsplit(":", 1)
+            links.append(proxies.run(ShapingProxy.create(upstream=(host, int(port)),
+                                                         profile=LinkProfile.symmetric(latency_ms=3.0))))
+            return f"tcp://{links[-1].address}"
 
-    def via_proxy(address: str, rank: int) -> str:
-        host, port = address.replace("tcp://", "").rsplit(":", 1)
-        link = asyncio.run_coroutine_threadsafe(
-            ShapingProxy.create(upstream=(host, int(port)), profile=LinkProfile.symmetric(latency_ms=3.0)).__aenter__(),
-            loop).result()
-        links.append(link)
-        return f"tcp://{link.address}"
-
-    try:
-        with local_group(tmp_path / "shards-2", worker_address=via_proxy) as group:
-            pair_ms = ms_per_token(group, tokens=6)
-    finally:
-        for link in links:
-            asyncio.run_coroutine_threadsafe(link.close(), loop).result()
-        loop.call_soon_threadsafe(loop.stop)
+        try:
+            with local_group(tmp_path / "shards-2", worker_address=via_proxy) as group:
+                pair_ms = ms_per_token(group, tokens=6)
+        finally:
+            for link in links:
+                proxies.run(link.close())
     predicted = predict([Device("master", alone_ms), Device("worker", alone_ms, one_way_ms=3.0)],
                         layers=2, hidden_size=32)
     best, dropped = plan_group(Device("master", alone_ms), [Device("worker", alone_ms, one_way_ms=3.0)],
