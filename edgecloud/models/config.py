@@ -48,6 +48,11 @@ class ModelConfig:
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
             )
 
+    def check_positions(self, positions: int) -> None:
+        """ValueError when a sequence of ``positions`` tokens does not fit the model's context."""
+        if positions > self.max_position_embeddings:
+            raise ValueError(f"{positions} positions exceed the model's context of {self.max_position_embeddings}")
+
     @property
     def kv_group_size(self) -> int:
         """Query heads that share one key/value head (GQA)."""

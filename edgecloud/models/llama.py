@@ -282,9 +282,7 @@ class LlamaModel(nn.Module):
             raise ValueError(f"layer range [{start}, {end}) is outside [0, {self.config.num_layers})")
         past = cache.length(start) if cache is not None and start < end else 0
         num_new = hidden.shape[1]
-        if past + num_new > self.config.max_position_embeddings:
-            raise ValueError(f"{past + num_new} positions exceed the model's context of "
-                             f"{self.config.max_position_embeddings}")
+        self.config.check_positions(past + num_new)
         positions = torch.arange(past, past + num_new, device=hidden.device)
         cos, sin = self.rotary(positions, hidden.dtype)
         attention = AttentionMask.for_window(num_new, past, hidden.device)
@@ -302,9 +300,7 @@ class LlamaModel(nn.Module):
         if len(tokens) != len(caches) or not tokens:
             raise ValueError(f"{len(tokens)} tokens for {len(caches)} caches")
         past = torch.tensor([c.length() for c in caches], device=self.device)  # (B,)
-        if int(past.max()) + 1 > self.config.max_position_embeddings:
-            raise ValueError(f"{int(past.max()) + 1} positions exceed the model's context of "
-                             f"{self.config.max_position_embeddings}")
+        self.config.check_positions(int(past.max()) + 1)
         hidden = self.embed(torch.tensor([[t] for t in tokens], device=self.device))  # (B, 1, C)
         cos, sin = self.rotary(past, hidden.dtype)  # (B, D) each
         cos, sin = cos[:, None, None, :], sin[:, None, None, :]  # (B, 1, 1, D): per-row positions
@@ -327,8 +323,7 @@ class LlamaModel(nn.Module):
             raise ValueError("prefill_sessions needs empty caches of one arena")
         lengths = tuple(len(p) for p in prompts)
         width = max(lengths)
-        if width > self.config.max_position_embeddings:
-            raise ValueError(f"{width} positions exceed the model's context of {self.config.max_position_embeddings}")
+        self.config.check_positions(width)
         ids = torch.tensor([list(p) + [0] * (width - len(p)) for p in prompts], device=self.device)  # (B, T)
         slots = torch.tensor([c.slot for c in caches], device=self.device)
         batch = PrefillBatch(tuple(caches), arenas.pop(), slots, lengths)

@@ -125,9 +125,7 @@ class ShardedModel(nn.Module):
                        allreduce: AllReduce) -> torch.Tensor:
         """Every layer on hidden states (1, T, C) of tokens at positions [past, past + T)."""
         num_new = hidden.shape[1]
-        if past + num_new > self.config.max_position_embeddings:
-            raise ValueError(f"{past + num_new} positions exceed the model's context of "
-                             f"{self.config.max_position_embeddings}")
+        self.config.check_positions(past + num_new)
         cos, sin = self.rotary(torch.arange(past, past + num_new), hidden.dtype)
         attention = AttentionMask.for_window(num_new, past, hidden.device)
         for layer in self.layers if self.window is None else self.window:
@@ -170,9 +168,7 @@ class TensorParallelGroup:
         """Logits (1, T, V) for new tokens (1, T) after those cached (the last ``last_n`` positions only)."""
         if input_ids.dim() != 2 or input_ids.shape[0] != 1:
             raise ValueError(f"a group decodes one sequence: ids of shape (1, T), got {tuple(input_ids.shape)}")
-        limit = self.model.config.max_position_embeddings
-        if self.length + input_ids.shape[1] > limit:  # checked before any device hears of it
-            raise ValueError(f"{self.length + input_ids.shape[1]} positions exceed the model's context of {limit}")
+        self.model.config.check_positions(self.length + input_ids.shape[1])  # before any device hears of it
         hidden = self.model.embed_tokens(input_ids)  # (1, T, C)
         self._command(FORWARD, hidden.shape[1], self.length, hidden)
         try:

@@ -127,4 +127,4 @@ class ShardPlan:
                 out[name] = tensor
             else:
                 raise ValueError(f"no sharding rule for parameter {name}")
-        return {name: t.contiguous().clone() for name, t in out.items()}
+        return {name: t.clone(memory_format=torch.contiguous_format) for name, t in out.items()}  # one copy each
