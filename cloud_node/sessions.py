@@ -11,28 +11,27 @@ Sessions live in an LRU under a count and a KV-memory limit; a session that is g
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 
-from edgecloud.errors import AlreadyExists, InvalidInput, LimitExceeded, NotFound, clip
+from edgecloud.cloud_node.session_table import (
+    SessionExists,
+    SessionLimits,
+    SessionNotFound,
+    SessionTable,
+    check_session_id,
+)
+from edgecloud.errors import InvalidInput, LimitExceeded
 from edgecloud.models.generate import SamplingParams, select_token
 from edgecloud.models.kv_cache import KVCache
 from edgecloud.models.llama import LlamaModel
 
-SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-
-
-class SessionNotFound(NotFound):
-    """The session id is unknown: never opened, closed, evicted or expired."""
-
-    def __str__(self) -> str:
-        return f"session {clip(self.args[0])} not found (closed, evicted or expired); reopen it and replay its tokens"
+__all__ = ["CloudSession", "SessionExists", "SessionInputError", "SessionLimitError", "SessionLimits",
+           "SessionNotFound", "SessionStore", "Verdict"]
 
 
 class SessionInputError(InvalidInput):
@@ -41,19 +40,6 @@ class SessionInputError(InvalidInput):
 
 class SessionLimitError(SessionInputError, LimitExceeded):
     """A request over a configured limit (window, session length)."""
-
-
-class SessionExists(AlreadyExists):
-    """A client-chosen session id that is already taken."""
-
-
-@dataclass(frozen=True)
-class SessionLimits:
-    max_sessions: int = 64
-    max_kv_bytes: int = 4 * 2**30
-    max_tokens_per_session: int = 32768
-    max_window_tokens: int = 4096  # context + draft in one call
-    idle_ttl_s: float = 600.0  # a session unused this long is dropped
 
 
 def sampling_params(temperature: float, seed: int | None) -> SamplingParams:
@@ -103,17 +89,23 @@ class SessionStore:
     def __init__(self, model: LlamaModel, limits: SessionLimits = SessionLimits()) -> None:
         self.model = model
         self.limits = limits
-        self._sessions: OrderedDict[str, CloudSession] = OrderedDict()
-        self._lock = threading.Lock()  # guards the session table
+        self._table: SessionTable[CloudSession] = SessionTable(limits)
+        self._lock = threading.Lock()  # guards the counters
         self._model_lock = threading.Lock()  # one forward pass at a time
-        self.evictions = 0
-        self.expirations = 0
         self.verify_calls = 0
+
+    @property
+    def evictions(self) -> int:
+        return self._table.evictions
+
+    @property
+    def expirations(self) -> int:
+        return self._table.expirations
 
     def open(self, *, temperature: float = 0.0, seed: int | None = None, session_id: str | None = None) -> str:
         """Create an empty session (tokens arrive with the first ``verify``); returns its id."""
         session = self._new_session(temperature, seed, session_id)
-        self._insert(session)
+        self._table.insert(session)
         return session.id
 
     def start(self, context: list[int], draft: list[int] = (), *, temperature: float = 0.0,
@@ -124,50 +116,26 @@ class SessionStore:
         self._check_tokens(session, context, draft)
         with session.lock:
             verdict = self._run(session, context, draft, top_k)
-            self._insert(session)
+            self._table.insert(session)
         return verdict
 
     def verify(self, session_id: str, context: list[int], draft: list[int], *, top_k: int = 0) -> Verdict:
         """Append ``context``, check ``draft`` in one forward pass, keep the accepted part."""
-        session = self._get(session_id)
+        session = self._table.get(session_id)
         self._check_tokens(session, context, draft)
         with session.lock:
             verdict = self._run(session, context, draft, top_k)
-        with self._lock:
-            self._evict(keep=session_id)
+        self._table.enforce(keep=session_id)
         return verdict
 
     def close(self, session_id: str) -> None:
-        with self._lock:
-            if self._sessions.pop(session_id, None) is None:
-                raise SessionNotFound(session_id)
+        self._table.pop(session_id)
 
     def _new_session(self, temperature: float, seed: int | None, session_id: str | None) -> CloudSession:
-        if session_id is not None and not SESSION_ID.fullmatch(session_id):
-            raise SessionInputError(f"session id {clip(session_id)} must be 1-128 characters of [A-Za-z0-9_.:-]")
+        sid = uuid.uuid4().hex if session_id is None else check_session_id(session_id)
         sampling = sampling_params(temperature, seed)
-        sid = session_id or uuid.uuid4().hex
-        with self._lock:
-            if sid in self._sessions:
-                raise SessionExists(f"session {clip(sid)} already exists")
+        self._table.check_free(sid)
         return CloudSession(sid, self.model.new_cache(), sampling, sampling.generator())
-
-    def _insert(self, session: CloudSession) -> None:
-        with self._lock:
-            if session.id in self._sessions:
-                raise SessionExists(f"session {clip(session.id)} already exists")
-            self._sessions[session.id] = session
-            self._evict(keep=session.id)
-
-    def _get(self, session_id: str) -> CloudSession:
-        with self._lock:
-            self._expire()
-            session = self._sessions.get(session_id)
-            if session is None:
-                raise SessionNotFound(session_id)
-            self._sessions.move_to_end(session_id)
-            session.last_used = time.monotonic()
-            return session
 
     def _run(self, session: CloudSession, context: list[int], draft: list[int], top_k: int) -> Verdict:
         """One forward over context + draft; the caller holds ``session.lock``."""
@@ -218,38 +186,11 @@ class SessionStore:
         if bad:
             raise SessionInputError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
 
-    def _expire(self) -> None:
-        """Drop sessions idle for longer than the TTL (caller holds the table lock)."""
-        cutoff = time.monotonic() - self.limits.idle_ttl_s
-        for sid in [sid for sid, s in self._sessions.items() if s.last_used < cutoff and not s.lock.locked()]:
-            del self._sessions[sid]
-            self.expirations += 1
-
-    def _evict(self, keep: str) -> None:
-        """Drop expired sessions, then least-recently-used ones over the count or KV-memory limit (never
-        ``keep`` or one in use)."""
-        self._expire()
-
-        def over() -> bool:
-            kv = sum(s.cache.nbytes for s in self._sessions.values())
-            return len(self._sessions) > self.limits.max_sessions or kv > self.limits.max_kv_bytes
-
-        for sid in list(self._sessions):
-            if not over():
-                break
-            if sid != keep and not self._sessions[sid].lock.locked():
-                del self._sessions[sid]
-                self.evictions += 1
-
     def status(self) -> dict[str, int]:
         with self._lock:
-            self._expire()
-            return {"sessions": len(self._sessions),
-                    "kv_bytes": sum(s.cache.nbytes for s in self._sessions.values()),
-                    "max_sessions": self.limits.max_sessions, "max_kv_bytes": self.limits.max_kv_bytes,
-                    "evictions": self.evictions, "expirations": self.expirations,
-                    "verify_calls": self.verify_calls}
-
+            calls = self.verify_calls
+        return {**self._table.status(), "max_sessions": self.limits.max_sessions,
+                "max_kv_bytes": self.limits.max_kv_bytes, "verify_calls": calls}
 
 def _top_logprobs(rows: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
     values, ids = torch.log_softmax(rows.float(), -1).topk(k, dim=-1)

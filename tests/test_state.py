@@ -104,14 +104,14 @@ class CheckedLink:
 
     def _session_tokens(self) -> int:
         sid = self.inner.session_id
-        return 0 if sid is None else self.store._sessions[sid].num_tokens
+        return 0 if sid is None else self.store._table.get(sid).num_tokens
 
     async def verify(self, context: list[int], draft: list[int]) -> LinkVerdict:
         base = self._session_tokens()
         verdict = await self.inner.verify(context, draft)
         self.calls += 1
         self.rejections += verdict.accepted < len(draft)
-        session = self.store._sessions[self.inner.session_id]
+        session = self.store._table.get(self.inner.session_id)
         assert session.num_tokens == base + len(context) + verdict.accepted
         held = self.prompt + [e.token_id for e in self.events] + draft[:verdict.accepted]
         assert session.num_tokens == len(held)
