@@ -13,7 +13,7 @@ from edgecloud.daemon_args import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgecloud cloud", description="Serve the cloud LLM (sessions, verification).")
+    p = argparse.ArgumentParser(prog="edgecloud cloud", description="Serve the cloud LLM (sessions, verification, split tails).")
     p.add_argument("--model", required=True, help="zoo name, HF folder or .gguf file")
     p.add_argument("--listen", default="127.0.0.1:50052", help="host:port (port 0 = any free port)")
     p.add_argument("--advertise", help="address others dial (default: listen host and bound port)")
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-window-tokens", type=int, default=4096, help="context + draft tokens in one call")
     p.add_argument("--max-tokens-per-session", type=int, default=32768)
     p.add_argument("--session-idle-ttl-s", type=float, default=600.0, help="drop sessions unused this long")
+    p.add_argument("--no-split-tail", action="store_true", help="do not serve RunTail (split computing)")
     add_common_args(p)
     return p
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
                          dtype=args.dtype, threads=args.threads, coordinator=args.coordinator, max_sessions=args.max_sessions,
                          max_kv_mib=args.max_kv_mib, max_window_tokens=args.max_window_tokens,
                          max_tokens_per_session=args.max_tokens_per_session,
-                         session_idle_ttl_s=args.session_idle_ttl_s,
+                         session_idle_ttl_s=args.session_idle_ttl_s, split_tail=not args.no_split_tail,
                          security=security)
     from edgecloud.cloud_node.node import serve
 

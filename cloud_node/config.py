@@ -20,6 +20,7 @@ class CloudConfig:
     max_tokens_per_session: int = 32768
     max_window_tokens: int = 4096
     session_idle_ttl_s: float = 600.0
+    split_tail: bool = True  # serve RunTail (split computing), with tail sessions under the same limits
     coordinator: str | None = None  # register and heartbeat there when given
     heartbeat_interval_s: float = 5.0
     security: SecurityConfig = field(default_factory=SecurityConfig)

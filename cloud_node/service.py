@@ -7,22 +7,25 @@ import logging
 import time
 
 import grpc
+import torch
 
 from edgecloud import __version__
 from edgecloud.cloud_node.sessions import SessionInputError, SessionStore
+from edgecloud.cloud_node.tail_sessions import TailStore
 from edgecloud.errors import DomainError, clip, status_for
 from edgecloud.v1 import cloud_node_pb2 as pb
 from edgecloud.v1 import cloud_node_pb2_grpc as pb_grpc
 from edgecloud.v1 import common_pb2
-from edgecloud.wire import token_ids
+from edgecloud.wire import tensor_from_proto, tensor_to_proto, token_ids
 
 log = logging.getLogger(__name__)
 
 
 class CloudNodeServicer(pb_grpc.CloudNodeServicer):
     def __init__(self, store: SessionStore, *, node_id: str, model_name: str,
-                 max_message_bytes: int) -> None:
+                 max_message_bytes: int, tails: TailStore | None = None) -> None:
         self.store = store
+        self.tails = tails
         self.node_id = node_id
         self.model_name = model_name
         self.max_message_bytes = max_message_bytes
@@ -101,16 +104,34 @@ class CloudNodeServicer(pb_grpc.CloudNodeServicer):
             compute_s=verdict.compute_s, session_tokens=verdict.session_tokens, session_id=verdict.session_id)
 
     async def RunTail(self, request: pb.RunTailRequest, context) -> pb.RunTailResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "split computing is not served by this node yet")
+        if self.tails is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "split computing is not served by this node")
+        await self._check_model(request.model, context)
+        cfg = self.store.model.config
+        try:
+            hidden = tensor_from_proto(
+                request.hidden_states, expected_shape=(None, None, cfg.hidden_size),
+                max_bytes=self.tails.limits.max_window_tokens * cfg.hidden_size * 4,
+                allowed_dtypes=(torch.float32, torch.float16, torch.bfloat16))
+            result = await asyncio.to_thread(
+                self.tails.run, request.start_layer, hidden, session_id=request.session_id,
+                past_tokens=request.past_tokens, last_only=request.last_position_only,
+                want_logits=not request.omit_logits, end_session=request.end_session)
+        except DomainError as exc:
+            await context.abort(*status_for(exc))
+        logits = None if result.logits is None else tensor_to_proto(result.logits)
+        return pb.RunTailResponse(logits=logits, compute_s=result.compute_s, next_token_ids=result.next_tokens,
+                                  session_tokens=result.session_tokens)
 
     async def GetStatus(self, request: pb.GetCloudStatusRequest, context) -> pb.CloudStatus:
         status = self.store.status()
         limits = self.store.limits
+        capabilities = [common_pb2.CAPABILITY_VERIFY] + ([common_pb2.CAPABILITY_SPLIT_TAIL] if self.tails else [])
         return pb.CloudStatus(
             node_id=self.node_id, models=[self.model_name], sessions=status["sessions"],
             max_sessions=limits.max_sessions, kv_bytes=status["kv_bytes"], max_kv_bytes=limits.max_kv_bytes,
             max_tokens_per_session=limits.max_tokens_per_session, max_window_tokens=limits.max_window_tokens,
             evictions=status["evictions"], verify_calls=status["verify_calls"],
-            max_message_bytes=self.max_message_bytes, capabilities=[common_pb2.CAPABILITY_VERIFY],
+            max_message_bytes=self.max_message_bytes, capabilities=capabilities,
             uptime_s=time.monotonic() - self.started, version=__version__)
 

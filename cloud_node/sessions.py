@@ -86,12 +86,13 @@ class SessionStore:
     creator sees it.
     """
 
-    def __init__(self, model: LlamaModel, limits: SessionLimits = SessionLimits()) -> None:
+    def __init__(self, model: LlamaModel, limits: SessionLimits = SessionLimits(),
+                 model_lock: threading.Lock | None = None) -> None:
         self.model = model
         self.limits = limits
         self._table: SessionTable[CloudSession] = SessionTable(limits)
         self._lock = threading.Lock()  # guards the counters
-        self._model_lock = threading.Lock()  # one forward pass at a time
+        self.model_lock = model_lock or threading.Lock()  # one forward pass at a time (shared with tails)
         self.verify_calls = 0
 
     @property
@@ -146,7 +147,7 @@ class SessionStore:
         # row len(context)-1+j, so only the last len(draft)+1 rows are needed (len(draft) without context,
         # where the session's saved logits predict draft[0]).
         needed = len(draft) + 1 if context else len(draft)
-        with self._model_lock, torch.inference_mode():
+        with self.model_lock, torch.inference_mode():
             ids = torch.tensor([window], device=self.model.device)
             logits = self.model(ids, session.cache, last_n=needed)[0] if needed else None  # (needed, V)
         rows = logits if context else torch.cat([session.last_logits[None], *([logits] if needed else [])])

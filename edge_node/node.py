@@ -83,7 +83,7 @@ async def serve(config: EdgeConfig) -> None:
         await channels.close()
 
     identity = NodeIdentity(config.node_id, common_pb2.NODE_ROLE_EDGE, model_name,
-                            common_pb2.CAPABILITY_HYBRID_ROUTING, str(model.device))
+                            (common_pb2.CAPABILITY_HYBRID_ROUTING,), str(model.device))
     await serve_node("edge", server, identity, listen=config.listen, security=config.security, load=load,
                      coordinator=config.coordinator, heartbeat_interval_s=config.heartbeat_interval_s,
                      advertise=config.advertise, on_stopping=stopping, on_agent=agents.append)

@@ -166,7 +166,7 @@ class NodeIdentity:
     node_id: str
     role: int  # common_pb2.NODE_ROLE_*
     model_name: str
-    capability: int  # common_pb2.CAPABILITY_*
+    capabilities: tuple[int, ...]  # common_pb2.CAPABILITY_*
     device: str = "cpu"
 
 
@@ -185,7 +185,7 @@ async def serve_node(name: str, server: grpc.aio.Server, identity: NodeIdentity,
         nonlocal agent
         if coordinator:
             info = common_pb2.NodeInfo(node_id=identity.node_id, role=identity.role, address=address,
-                                       models=[identity.model_name], capabilities=[identity.capability],
+                                       models=[identity.model_name], capabilities=list(identity.capabilities),
                                        version=__version__, compute=common_pb2.ComputeProfile(
                                            device=identity.device, cpu_cores=os.cpu_count() or 0))
             agent = CoordinatorAgent(coordinator, info, load, security=security, interval_s=heartbeat_interval_s)

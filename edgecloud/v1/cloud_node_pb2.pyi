@@ -127,24 +127,36 @@ class VerifyResponse(_message.Message):
     def __init__(self, llm_token_ids: _Optional[_Iterable[int]] = ..., accepted: _Optional[int] = ..., next_token_id: _Optional[int] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprobs, _Mapping]]] = ..., compute_s: _Optional[float] = ..., session_tokens: _Optional[int] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class RunTailRequest(_message.Message):
-    __slots__ = ("model", "start_layer", "hidden_states", "last_position_only")
+    __slots__ = ("model", "start_layer", "hidden_states", "last_position_only", "session_id", "past_tokens", "omit_logits", "end_session")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     START_LAYER_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
     LAST_POSITION_ONLY_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAST_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OMIT_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    END_SESSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     start_layer: int
     hidden_states: _tensor_pb2.Tensor
     last_position_only: bool
-    def __init__(self, model: _Optional[str] = ..., start_layer: _Optional[int] = ..., hidden_states: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., last_position_only: _Optional[bool] = ...) -> None: ...
+    session_id: str
+    past_tokens: int
+    omit_logits: bool
+    end_session: bool
+    def __init__(self, model: _Optional[str] = ..., start_layer: _Optional[int] = ..., hidden_states: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., last_position_only: _Optional[bool] = ..., session_id: _Optional[str] = ..., past_tokens: _Optional[int] = ..., omit_logits: _Optional[bool] = ..., end_session: _Optional[bool] = ...) -> None: ...
 
 class RunTailResponse(_message.Message):
-    __slots__ = ("logits", "compute_s")
+    __slots__ = ("logits", "compute_s", "next_token_ids", "session_tokens")
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     logits: _tensor_pb2.Tensor
     compute_s: float
-    def __init__(self, logits: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., compute_s: _Optional[float] = ...) -> None: ...
+    next_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    session_tokens: int
+    def __init__(self, logits: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., compute_s: _Optional[float] = ..., next_token_ids: _Optional[_Iterable[int]] = ..., session_tokens: _Optional[int] = ...) -> None: ...
 
 class GetCloudStatusRequest(_message.Message):
     __slots__ = ()

@@ -105,7 +105,7 @@ class CloudNodeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStatus(self, request, context):
-        """Room: batched multi-session Verify, streaming Verify, tail sessions with KV cache.
+        """Room: batched multi-session Verify, streaming Verify.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,120 @@
+"""An LLM cut at a layer: head + tail == the whole model, and the cloud's tail sessions."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from edgecloud.cloud_node.session_table import SessionLimits, SessionNotFound
+from edgecloud.cloud_node.tail_sessions import TailInputError, TailLimitError, TailOutOfStep, TailStore
+from edgecloud.split.llm import SplitHead, SplitTail
+
+IDS = torch.tensor([[3, 14, 15, 9, 2, 6, 5, 35, 8, 9, 7, 9, 3, 23, 8, 4]])  # (1, 16)
+
+
+def _whole(model, ids=IDS) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(ids)  # (1, T, V)
+
+
+def _store(model, **limits) -> TailStore:
+    return TailStore(model, SessionLimits(**limits), threading.Lock(), max_logits_bytes=2**24)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 2, 3])
+def test_head_then_tail_equals_the_whole_model(llm, cut) -> None:
+    head, tail = SplitHead(llm, cut), SplitTail(llm, cut)
+    logits = tail.forward(head.forward(IDS, head.new_cache()), tail.new_cache())
+    torch.testing.assert_close(logits, _whole(llm), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 3])
+def test_chunked_prefill_and_decode_keep_both_caches_in_step(llm, cut) -> None:
+    head, tail = SplitHead(llm, cut), SplitTail(llm, cut)
+    head_cache, tail_cache = head.new_cache(), tail.new_cache()
+    rows = []
+    for chunk in (IDS[:, :5], IDS[:, 5:11], *(IDS[:, i:i + 1] for i in range(11, 16))):
+        rows.append(tail.forward(head.forward(chunk, head_cache), tail_cache))
+    torch.testing.assert_close(torch.cat(rows, 1), _whole(llm), atol=1e-5, rtol=0)
+
+
+def test_a_cut_outside_the_model_is_refused(llm) -> None:
+    with pytest.raises(ValueError, match="outside"):
+        SplitHead(llm, 4)
+    with pytest.raises(ValueError, match="outside"):
+        SplitTail(llm, -1)
+
+
+def _hidden(model, cut: int, ids=IDS) -> torch.Tensor:
+    head = SplitHead(model, cut)
+    return head.forward(ids, head.new_cache())
+
+
+def test_tail_session_decodes_one_position_per_call_and_rolls_back(llm) -> None:
+    store, cut = _store(llm), 1
+    hidden = _hidden(llm, cut)  # (1, 16, C)
+    whole = _whole(llm)
+    first = store.run(cut, hidden[:, :10], session_id="s", last_only=True)
+    assert first.session_tokens == 10
+    torch.testing.assert_close(first.logits[:, -1], whole[:, 9], atol=1e-5, rtol=0)
+    for i in range(10, 13):
+        step = store.run(cut, hidden[:, i:i + 1], session_id="s", past_tokens=i)
+        torch.testing.assert_close(step.logits[:, -1], whole[:, i], atol=1e-5, rtol=0)
+        assert step.next_tokens == [int(whole[0, i].argmax())]
+    # The edge rolls back to 11 positions: the cloud crops its cache and runs position 11 again.
+    again = store.run(cut, hidden[:, 11:12], session_id="s", past_tokens=11)
+    assert again.session_tokens == 12
+    torch.testing.assert_close(again.logits[:, -1], whole[:, 11], atol=1e-5, rtol=0)
+
+
+def test_tail_session_out_of_step_is_refused(llm) -> None:
+    store, cut = _store(llm), 2
+    hidden = _hidden(llm, cut)
+    store.run(cut, hidden[:, :4], session_id="s")
+    with pytest.raises(TailOutOfStep, match="holds 4 positions"):
+        store.run(cut, hidden[:, 5:6], session_id="s", past_tokens=5)
+    with pytest.raises(TailOutOfStep, match="opened at layer 2"):
+        store.run(1, hidden[:, 4:5], session_id="s", past_tokens=4)
+    with pytest.raises(SessionNotFound):
+        store.run(cut, hidden[:, 4:5], session_id="gone", past_tokens=4)
+    store.run(cut, hidden[:, 4:5], session_id="s", past_tokens=4, end_session=True)
+    with pytest.raises(SessionNotFound):
+        store.run(cut, hidden[:, 5:6], session_id="s", past_tokens=5)
+
+
+@pytest.mark.parametrize(("hidden", "message"), [
+    (torch.zeros(1, 3, 7), "must be"),
+    (torch.zeros(1, 0, 32), "must be"),
+    (torch.zeros(3, 32), "must be"),
+    (torch.full((1, 2, 32), float("nan")), "non-finite"),
+])
+def test_bad_hidden_states_are_refused(llm, hidden, message) -> None:
+    with pytest.raises(TailInputError, match=message):
+        _store(llm).run(1, hidden)
+
+
+def test_limits_are_checked(llm) -> None:
+    store = _store(llm, max_window_tokens=8, max_tokens_per_session=12)
+    with pytest.raises(TailLimitError, match="exceed the limit 8"):
+        store.run(1, torch.zeros(1, 9, 32))
+    store.run(1, torch.zeros(1, 8, 32), session_id="s")
+    with pytest.raises(TailLimitError, match="would hold 13"):
+        store.run(1, torch.zeros(1, 5, 32), session_id="s", past_tokens=8)
+    small = TailStore(llm, SessionLimits(), threading.Lock(), max_logits_bytes=64 * 4 * 3)
+    with pytest.raises(TailLimitError, match="answer limit"):
+        small.run(1, torch.zeros(1, 4, 32))
+    assert small.run(1, torch.zeros(1, 4, 32), last_only=True).logits.shape == (1, 1, 64)
+    assert small.run(1, torch.zeros(1, 4, 32), want_logits=False).logits is None
+    with pytest.raises(TailInputError, match="start_layer 4"):
+        store.run(4, torch.zeros(1, 1, 32))
+
+
+def test_tail_sessions_are_bounded(llm) -> None:
+    store = _store(llm, max_sessions=2)
+    for sid in "abc":
+        store.run(1, torch.zeros(1, 2, 32), session_id=sid)
+    assert store.status()["sessions"] == 2 and store.status()["evictions"] == 1
+    with pytest.raises(SessionNotFound):
+        store.run(1, torch.zeros(1, 1, 32), session_id="a", past_tokens=2)
