@@ -10,7 +10,7 @@ import grpc
 import torch
 
 from edgecloud import __version__
-from edgecloud.cloud_node.sessions import SessionInputError, SessionStore
+from edgecloud.cloud_node.sessions import SessionInputError, SessionNotFound, SessionStore
 from edgecloud.cloud_node.tail_sessions import TailStore
 from edgecloud.errors import DomainError, clip, status_for
 from edgecloud.v1 import cloud_node_pb2 as pb
@@ -69,10 +69,19 @@ class CloudNodeServicer(pb_grpc.CloudNodeServicer):
 
     async def CloseSession(self, request: pb.CloseSessionRequest, context) -> pb.CloseSessionResponse:
         try:
-            self.store.close(request.session_id)
+            self._close(request.session_id)
         except DomainError as exc:
             await context.abort(*status_for(exc))
         return pb.CloseSessionResponse()
+
+    def _close(self, session_id: str) -> None:
+        """Close a verify session, or else a tail session of that id (``SessionNotFound`` if neither)."""
+        try:
+            self.store.close(session_id)
+        except SessionNotFound:
+            if self.tails is None:
+                raise
+            self.tails.close(session_id)
 
     async def Extend(self, request: pb.ExtendRequest, context) -> pb.ExtendResponse:
         try:

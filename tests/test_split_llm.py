@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 
 import pytest
@@ -9,6 +11,8 @@ import torch
 
 from edgecloud.cloud_node.session_table import SessionLimits, SessionNotFound
 from edgecloud.cloud_node.tail_sessions import TailInputError, TailLimitError, TailOutOfStep, TailStore
+from edgecloud.edge_node.split_engine import SplitRun, TailGone, TailReply
+from edgecloud.models.generate import generate_ids
 from edgecloud.split.llm import SplitHead, SplitTail
 
 IDS = torch.tensor([[3, 14, 15, 9, 2, 6, 5, 35, 8, 9, 7, 9, 3, 23, 8, 4]])  # (1, 16)
@@ -118,3 +122,47 @@ def test_tail_sessions_are_bounded(llm) -> None:
     assert store.status()["sessions"] == 2 and store.status()["evictions"] == 1
     with pytest.raises(SessionNotFound):
         store.run(1, torch.zeros(1, 1, 32), session_id="a", past_tokens=2)
+
+
+class LocalTailLink:
+    """The edge's tail link to an in-process ``TailStore``; drops the session before the calls in ``evict_at``."""
+
+    def __init__(self, store: TailStore, start_layer: int, evict_at: tuple[int, ...] = ()) -> None:
+        self.store, self.start_layer, self.evict_at = store, start_layer, evict_at
+        self.calls = 0
+
+    async def run(self, hidden, past_tokens, *, session_id, end=False) -> TailReply:
+        self.calls += 1
+        if self.calls in self.evict_at:
+            with contextlib.suppress(SessionNotFound):
+                self.store.close(session_id)
+        try:
+            result = self.store.run(self.start_layer, hidden, session_id=session_id, past_tokens=past_tokens,
+                                    last_only=True, want_logits=False)
+        except (SessionNotFound, TailOutOfStep) as exc:
+            raise TailGone(str(exc)) from None
+        return TailReply(result.next_tokens[0], result.compute_s, 0, 0, 0.0, result.session_tokens)
+
+    async def close(self) -> None:
+        pass
+
+
+async def _split_generate(model, cut: int, link, prompt, max_new: int, chunk: int = 4) -> tuple[list[int], SplitRun]:
+    run = SplitRun(SplitHead(model, cut), link, prompt, max_new_tokens=max_new, chunk_tokens=chunk)
+    return [event.token_id async for event in run.run()], run
+
+
+@pytest.mark.parametrize("evict_at", [(), (6,), (6, 14), (3, 9, 16)])
+def test_split_run_equals_greedy_and_replays_after_every_eviction(llm, evict_at) -> None:
+    prompt = [3, 14, 15, 9, 2, 6, 5, 35, 8, 9]  # three prefill chunks of up to 4
+    link = LocalTailLink(_store(llm), 2, evict_at)
+    ids, run = asyncio.run(_split_generate(llm, 2, link, prompt, 16))
+    assert ids == list(generate_ids(llm, prompt, max_new_tokens=16))
+    assert run.replays == len(evict_at)
+    assert run.accounting.cloud_tokens == 16 and run.accounting.prompt_tokens == len(prompt)
+
+
+def test_split_run_gives_up_when_the_cloud_keeps_losing_the_session(llm) -> None:
+    link = LocalTailLink(_store(llm), 1, evict_at=tuple(range(4, 40)))
+    with pytest.raises(TailGone, match="giving up"):
+        asyncio.run(_split_generate(llm, 1, link, [3, 14, 15, 9, 2], 16))
