@@ -25,6 +25,8 @@ class Codec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CODEC_INT8: _ClassVar[Codec]
     CODEC_INT4: _ClassVar[Codec]
     CODEC_FP8: _ClassVar[Codec]
+    CODEC_FP16: _ClassVar[Codec]
+    CODEC_BF16: _ClassVar[Codec]
 
 class Compression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -43,11 +45,13 @@ CODEC_RAW: Codec
 CODEC_INT8: Codec
 CODEC_INT4: Codec
 CODEC_FP8: Codec
+CODEC_FP16: Codec
+CODEC_BF16: Codec
 COMPRESSION_NONE: Compression
 COMPRESSION_LZ4: Compression
 
 class CodecParams(_message.Message):
-    __slots__ = ("scales", "scale_bytes", "scale_dtype", "zero_points", "zero_point_bytes", "group_size", "axis", "original_dtype", "encoded_nbytes")
+    __slots__ = ("scales", "scale_bytes", "scale_dtype", "zero_points", "zero_point_bytes", "group_size", "axis", "original_dtype", "encoded_nbytes", "outlier_channels", "hadamard_block")
     SCALES_FIELD_NUMBER: _ClassVar[int]
     SCALE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SCALE_DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +61,8 @@ class CodecParams(_message.Message):
     AXIS_FIELD_NUMBER: _ClassVar[int]
     ORIGINAL_DTYPE_FIELD_NUMBER: _ClassVar[int]
     ENCODED_NBYTES_FIELD_NUMBER: _ClassVar[int]
+    OUTLIER_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    HADAMARD_BLOCK_FIELD_NUMBER: _ClassVar[int]
     scales: _containers.RepeatedScalarFieldContainer[float]
     scale_bytes: bytes
     scale_dtype: DType
@@ -66,7 +72,9 @@ class CodecParams(_message.Message):
     axis: int
     original_dtype: DType
     encoded_nbytes: int
-    def __init__(self, scales: _Optional[_Iterable[float]] = ..., scale_bytes: _Optional[bytes] = ..., scale_dtype: _Optional[_Union[DType, str]] = ..., zero_points: _Optional[_Iterable[int]] = ..., zero_point_bytes: _Optional[bytes] = ..., group_size: _Optional[int] = ..., axis: _Optional[int] = ..., original_dtype: _Optional[_Union[DType, str]] = ..., encoded_nbytes: _Optional[int] = ...) -> None: ...
+    outlier_channels: _containers.RepeatedScalarFieldContainer[int]
+    hadamard_block: int
+    def __init__(self, scales: _Optional[_Iterable[float]] = ..., scale_bytes: _Optional[bytes] = ..., scale_dtype: _Optional[_Union[DType, str]] = ..., zero_points: _Optional[_Iterable[int]] = ..., zero_point_bytes: _Optional[bytes] = ..., group_size: _Optional[int] = ..., axis: _Optional[int] = ..., original_dtype: _Optional[_Union[DType, str]] = ..., encoded_nbytes: _Optional[int] = ..., outlier_channels: _Optional[_Iterable[int]] = ..., hadamard_block: _Optional[int] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "codec", "compression", "payload", "codec_params", "raw_nbytes")
