@@ -6,7 +6,14 @@ import random
 
 import pytest
 
-from edgecloud.split.planner import CutProfile, LinkEstimate, SplitPlanner, best_plan, crossover_mbps
+from edgecloud.split.planner import (
+    CutProfile,
+    LinkEstimate,
+    LinkEstimator,
+    SplitPlanner,
+    best_plan,
+    crossover_mbps,
+)
 
 # All in the cloud uploads the raw input; the middle cut sends a small tensor; all on the edge sends nothing.
 PROFILES = (
@@ -86,3 +93,35 @@ def test_bad_link_estimates_are_refused(mbps, rtt) -> None:
 def test_no_allowed_codec_is_an_error() -> None:
     with pytest.raises(ValueError, match="no candidate"):
         best_plan(PROFILES[:2], LinkEstimate(10, 10), codecs=["int4"])
+
+
+def _calls(rtt_s: float, mbps: float, sizes) -> list[tuple[int, float]]:
+    return [(b, rtt_s + b * 8 / (mbps * 1e6)) for b in sizes]
+
+
+def test_link_estimator_fits_rtt_and_bandwidth_from_mixed_calls() -> None:
+    estimator = LinkEstimator(LinkEstimate(1000, 1))
+    for nbytes, seconds in _calls(0.020, 10, [400_000, 3_000, 3_000, 3_000, 3_000, 400_000, 3_000]):
+        estimator.observe(nbytes, seconds)
+    assert estimator.estimate.rtt_ms == pytest.approx(20, rel=1e-6)
+    assert estimator.estimate.bandwidth_mbps == pytest.approx(10, rel=1e-6)
+
+
+def test_link_estimator_follows_a_collapse_within_its_window() -> None:
+    estimator = LinkEstimator(LinkEstimate(100, 10), window=8)
+    for nbytes, seconds in _calls(0.010, 100, [200_000, 3_000] * 8):
+        estimator.observe(nbytes, seconds)
+    assert estimator.estimate.bandwidth_mbps == pytest.approx(100, rel=1e-6)
+    for nbytes, seconds in _calls(0.010, 1, [200_000, 3_000] * 4):
+        estimator.observe(nbytes, seconds)
+    assert estimator.estimate.bandwidth_mbps == pytest.approx(1, rel=1e-6)
+
+
+def test_link_estimator_with_calls_of_one_size_keeps_the_rtt() -> None:
+    estimator = LinkEstimator(LinkEstimate(100, 10))
+    for nbytes, seconds in _calls(0.010, 2, [50_000] * 5):
+        estimator.observe(nbytes, seconds)
+    assert estimator.estimate.rtt_ms == 10 and estimator.estimate.bandwidth_mbps == pytest.approx(2)
+    for nbytes, seconds in _calls(0.010, 1000, [500] * 16):  # transfers hidden in the RTT: no bandwidth
+        estimator.observe(nbytes, seconds)
+    assert estimator.estimate.bandwidth_mbps == pytest.approx(2, rel=0.05)

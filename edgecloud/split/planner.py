@@ -15,6 +15,7 @@ wobbling around a crossover do not make it flap.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -149,3 +150,51 @@ class SplitPlanner:
 
 def _link(link: LinkEstimate) -> str:
     return f"{link.bandwidth_mbps:g} Mbit/s, RTT {link.rtt_ms:g} ms"
+
+
+class LinkEstimator:
+    """Live RTT and bandwidth estimates from real transfers.
+
+    Each call reports the bytes it moved and its network time (wall time minus the peer's compute).
+    Over the last ``window`` calls, network time = RTT + bytes × 8 / bandwidth is fitted by least
+    squares when the calls' sizes differ enough (prefill chunks beside decode steps); with calls of
+    one size, the RTT is kept and the bandwidth follows from the mean. A transfer too short to tell
+    from the RTT noise gives no bandwidth (the estimate stays).
+    """
+
+    def __init__(self, initial: LinkEstimate, *, window: int = 16, min_transfer_s: float = 0.002) -> None:
+        if window < 2:
+            raise ValueError(f"window must be >= 2, got {window}")
+        self.rtt_ms = initial.rtt_ms
+        self.bandwidth_mbps = initial.bandwidth_mbps
+        self.min_transfer_s = min_transfer_s
+        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+
+    def observe(self, nbytes: int, network_s: float) -> None:
+        """One call that moved ``nbytes`` (both ways) in ``network_s`` seconds of network time."""
+        if nbytes < 0 or not (network_s >= 0 and math.isfinite(network_s)):
+            return
+        self._samples.append((nbytes, network_s))
+        self._fit()
+
+    def _fit(self) -> None:
+        sizes = [b for b, _ in self._samples]
+        times = [t for _, t in self._samples]
+        n = len(sizes)
+        mean_b, mean_t = sum(sizes) / n, sum(times) / n
+        if n >= 4 and max(sizes) >= 2 * max(1, min(sizes)):
+            var = sum((b - mean_b) ** 2 for b in sizes)
+            slope = sum((b - mean_b) * (t - mean_t) for b, t in self._samples) / var  # s per byte
+            if slope > 0:
+                self.bandwidth_mbps = 8 / slope / 1e6
+                self.rtt_ms = max(0.0, mean_t - slope * mean_b) * 1e3
+                return
+        transfer_s = mean_t - self.rtt_ms / 1e3
+        if transfer_s >= self.min_transfer_s:
+            self.bandwidth_mbps = mean_b * 8 / transfer_s / 1e6
+        elif mean_t < self.rtt_ms / 1e3:  # quicker than the RTT estimate: the link got closer
+            self.rtt_ms = mean_t * 1e3
+
+    @property
+    def estimate(self) -> LinkEstimate:
+        return LinkEstimate(max(self.bandwidth_mbps, 1e-3), self.rtt_ms)
