@@ -300,16 +300,20 @@ class Cluster:
 
     # Placement ------------------------------------------------------------------------------------------
 
-    def place(self, role: Role, model: str | None = None, *, exclude: Iterable[str] = ()) -> NodeInfo:
-        """The least-loaded placeable node of ``role`` (running ``model`` if given, not in ``exclude``)."""
+    def place(self, role: Role, model: str | None = None, *, exclude: Iterable[str] = (),
+              capability: int | None = None) -> NodeInfo:
+        """The least-loaded placeable node of ``role`` (running ``model`` and having ``capability`` if given,
+        not in ``exclude``)."""
         excluded = set(exclude)
         with self._lock:
             now = self._clock()
             candidates = [n for n in self._nodes.values()
                           if n.info.role == role and not n.suspect and now - n.last_seen <= self.ttl_s
-                          and n.node_id not in excluded and (model is None or model in n.info.models)]
+                          and n.node_id not in excluded and (model is None or model in n.info.models)
+                          and (capability is None or capability in n.info.capabilities)]
         if not candidates:
             wanted = f" running {clip(model)}" if model else ""
+            wanted += f" with capability {capability} (see common.proto's Capability)" if capability is not None else ""
             others = " other than the ones that just failed" if excluded else ""
             raise Unavailable(f"no live {role.value} node{wanted}{others} is registered")
         best = min(candidates, key=lambda n: (_busy(n.load), n.node_id))

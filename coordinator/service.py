@@ -13,6 +13,7 @@ from edgecloud import __version__, rpc
 from edgecloud.coordinator.cluster import Cluster, Compute, Load, NodeInfo, NodeView, Role, check_request
 from edgecloud.errors import DomainError, InvalidInput, clip, status_for
 from edgecloud.routing.policies import POLICIES
+from edgecloud.split.llm import SPLIT_POLICY
 from edgecloud.v1 import common_pb2, edge_node_pb2, edge_node_pb2_grpc, generation_pb2
 from edgecloud.v1 import coordinator_pb2 as pb
 from edgecloud.v1 import coordinator_pb2_grpc as pb_grpc
@@ -148,14 +149,17 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def _edge(self, request: generation_pb2.GenerateRequest, tried: list[str]) -> NodeInfo:
         if request.edge_node_id:
             return self.cluster.get_live(request.edge_node_id, Role.EDGE)
-        return self.cluster.place(Role.EDGE, request.edge_model or None, exclude=tried)
+        return self.cluster.place(Role.EDGE, request.edge_model or None, exclude=tried,
+                                  capability=_needs(request.policy, Role.EDGE))
 
     async def Generate(self, request: generation_pb2.GenerateRequest, context):
         try:
             check_request(prompt=request.prompt, has_messages=bool(request.messages), max_tokens=request.max_tokens,
-                          policy=request.policy, policies=POLICIES, max_tokens_limit=self.max_tokens_limit)
+                          policy=request.policy, policies=[*POLICIES, SPLIT_POLICY],
+                          max_tokens_limit=self.max_tokens_limit)
             needs_cloud = (request.policy or "slm-only") != "slm-only"
-            cloud = self.cluster.place(Role.CLOUD, request.cloud_model or None) if needs_cloud else None
+            cloud = self.cluster.place(Role.CLOUD, request.cloud_model or None,
+                                       capability=_needs(request.policy, Role.CLOUD)) if needs_cloud else None
             edge = self._edge(request, [])
         except DomainError as exc:
             await context.abort(*status_for(exc))
@@ -202,3 +206,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     async def close(self) -> None:
         await self.edges.close()
+
+
+def _needs(policy: str, role: Role) -> int | None:
+    """The capability a node of ``role`` must have for ``policy`` (None: any node of the role)."""
+    if policy != SPLIT_POLICY:
+        return None
+    return common_pb2.CAPABILITY_SPLIT_HEAD if role == Role.EDGE else common_pb2.CAPABILITY_SPLIT_TAIL

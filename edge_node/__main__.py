@@ -35,8 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cloud-prefetch", action="store_true",
                    help="by default, push context to the cloud in the background while drafting")
     p.add_argument("--reward-head", help="trained reward head (safetensors) for the 'reward' policy")
+    p.add_argument("--split-model", help="serve policy 'split' too: this model's head runs here, its tail on the "
+                                         "cloud node (which must serve the same model)")
+    p.add_argument("--split-cuts", default="", help="candidate cuts, comma-separated layer counts run here; one fixes "
+                                                    "the cut (default: every quarter of the layers, 0 and all)")
+    p.add_argument("--split-codecs", default="fp16", help="candidate activation codecs at the cut, comma-separated")
+    p.add_argument("--split-cloud-speedup", type=float, default=1.0,
+                   help="the cloud's compute speed over this node's until measured (split planner)")
     add_common_args(p)
     return p
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _names(text))
+    except ValueError:
+        raise SystemExit(f"edgecloud edge: --split-cuts takes comma-separated integers, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
                         max_tokens_limit=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
                         max_active_requests=args.max_active_requests, allowed_clouds=tuple(args.allow_cloud),
                         cloud_timeout_s=args.cloud_timeout_s,
-                        reward_head=args.reward_head, cloud_prefetch=args.cloud_prefetch, security=security)
+                        reward_head=args.reward_head, cloud_prefetch=args.cloud_prefetch, split_model=args.split_model,
+                        split_cuts=_ints(args.split_cuts), split_codecs=_names(args.split_codecs),
+                        split_cloud_speedup=args.split_cloud_speedup, security=security)
     from edgecloud.edge_node.node import serve
 
     run_daemon("edgecloud edge", serve, config)

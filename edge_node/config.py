@@ -25,4 +25,8 @@ class EdgeConfig:
     cloud_timeout_s: float = 60.0  # deadline of one verification round trip
     cloud_prefetch: bool = False  # default for requests that do not say
     reward_head: str | None = None  # safetensors file of a trained reward head
+    split_model: str | None = None  # serve policy "split": this model's head here, its tail on the cloud
+    split_cuts: tuple[int, ...] = ()  # candidate cuts (layers run here); () = every quarter of the layers
+    split_codecs: tuple[str, ...] = ("fp16",)  # candidate activation codecs at the cut (edgecloud.activations)
+    split_cloud_speedup: float = 1.0  # the cloud's speed over this node's, until the cloud's compute is measured
     security: SecurityConfig = field(default_factory=SecurityConfig)

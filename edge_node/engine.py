@@ -261,12 +261,23 @@ class EdgeEngine:
         router = HybridRouter(policy, cloud(request), prompt_ids, drafter=drafter,
                               max_new_tokens=request.max_tokens, stop_ids=self.tokenizer.eos_token_ids,
                               prefetch=request.cloud_prefetch, started_s=arrived_s)
-        decoder = self.tokenizer.stream_decoder()
-        last = None
-        async with aclosing(until_stop(router, decoder, request.stop)) as stream:
-            async for event, piece in stream:
-                last = event
-                yield TextEvent(piece, event.token_id, event.source, event.checked)
-        if last is not None and (rest := decoder.flush()):
-            yield TextEvent(rest, NO_TOKEN, last.source, last.checked)
-        yield router.accounting
+        async with aclosing(text_events(router, self.tokenizer, request.stop)) as items:
+            async for item in items:
+                yield item
+
+
+async def text_events(router: HybridRouter, tokenizer: Tokenizer,
+                      stops: tuple[str, ...]) -> AsyncIterator[TextEvent | Accounting]:
+    """A router's tokens as text events until a stop string or its end, then its accounting.
+
+    ``router``: anything with the router's ``run()``, ``runs`` and ``accounting`` (the split run too).
+    """
+    decoder = tokenizer.stream_decoder()
+    last = None
+    async with aclosing(until_stop(router, decoder, stops)) as stream:
+        async for event, piece in stream:
+            last = event
+            yield TextEvent(piece, event.token_id, event.source, event.checked)
+    if last is not None and (rest := decoder.flush()):
+        yield TextEvent(rest, NO_TOKEN, last.source, last.checked)
+    yield router.accounting

@@ -6,12 +6,21 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from dataclasses import replace
 
 from edgecloud import __version__
 from edgecloud.coalesce import coalesced
 from edgecloud.edge_node.cloud_client import GrpcCloudLink
-from edgecloud.edge_node.engine import EdgeEngine, GenerationRequest, RequestError
+from edgecloud.edge_node.engine import (
+    EdgeEngine,
+    GenerationRequest,
+    RequestError,
+    RequestTooLarge,
+    TextEvent,
+    text_events,
+)
+from edgecloud.edge_node.split_engine import SPLIT_POLICY, SplitEngine, TailLink, TailLinkFactory
 from edgecloud.errors import DomainError, PermissionDenied, PreconditionFailed, clip, status_for
 from edgecloud.routing.policies import POLICIES
 from edgecloud.routing.router import CLOUD, Accounting
@@ -43,8 +52,12 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
     def __init__(self, engine: EdgeEngine, *, node_id: str, model_name: str, default_cloud: str | None,
                  link_factory: LinkFactory, default_prefetch: bool = False,
                  allowed_clouds: Callable[[], Collection[str]] = frozenset,
-                 refresh_clouds: Callable[[], Awaitable[None]] | None = None) -> None:
+                 refresh_clouds: Callable[[], Awaitable[None]] | None = None,
+                 split: SplitEngine | None = None,
+                 tail_link_factory: Callable[[str, int, str], TailLink] | None = None) -> None:
         self.engine = engine
+        self.split = split
+        self.tail_link_factory = tail_link_factory
         self.default_prefetch = default_prefetch
         self.node_id = node_id
         self.model_name = model_name
@@ -53,6 +66,10 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
         self.allowed_clouds = allowed_clouds  # cloud addresses a request may name (besides the default)
         self.refresh_clouds = refresh_clouds  # asks the coordinator for its clouds now (bounded by the agent)
         self.started = time.monotonic()
+
+    @property
+    def capabilities(self) -> list[int]:
+        return [common_pb2.CAPABILITY_HYBRID_ROUTING, *([common_pb2.CAPABILITY_SPLIT_HEAD] if self.split else [])]
 
     @property
     def active_requests(self) -> int:
@@ -81,7 +98,8 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
         index = 0
         try:
             domain = request_from_proto(request, default_prefetch=self.default_prefetch)
-            self.engine.check(domain)
+            split = domain.policy == SPLIT_POLICY
+            self._split_check(domain) if split else self.engine.check(domain)
             cloud_address = await self._cloud_for(request, domain.policy)
 
             def make_link(req: GenerationRequest) -> GrpcCloudLink:
@@ -89,9 +107,18 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
                 return links[-1]
 
             with self.engine.admit():
-                prompt_ids, policy = await asyncio.to_thread(self.engine.prepare, domain)
-                items = self.engine.generate(domain, make_link, policy=policy, prompt_ids=prompt_ids,
-                                             arrived_s=arrived_s)
+                if split:
+                    def make_tail_link(cut: int, codec: str) -> TailLink:
+                        links.append(self.tail_link_factory(cloud_address, cut, codec))
+                        return links[-1]
+
+                    items = await self._split_items(domain, make_tail_link, arrived_s)
+                    policy_name, threshold = SPLIT_POLICY, None
+                else:
+                    prompt_ids, policy = await asyncio.to_thread(self.engine.prepare, domain)
+                    items = self.engine.generate(domain, make_link, policy=policy, prompt_ids=prompt_ids,
+                                                 arrived_s=arrived_s)
+                    policy_name, threshold = policy.name, policy.threshold
                 async with contextlib.aclosing(coalesced(items)) as batches:
                     async for batch in batches:  # what is ready goes in one message
                         tokens = [item for item in batch if not isinstance(item, Accounting)]
@@ -110,7 +137,7 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
                             for event in events:
                                 yield event
                         if accounting is not None:  # the last item
-                            summary = summary_to_proto(accounting, policy=policy.name, threshold=policy.threshold,
+                            summary = summary_to_proto(accounting, policy=policy_name, threshold=threshold,
                                                        edge_node_id=self.node_id)
                             yield generation_pb2.GenerateEvent(token_id=-1, index=index, summary=summary)
                             break
@@ -121,9 +148,34 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
             for link in links:
                 await link.close()
 
+    def _split_check(self, request: GenerationRequest) -> None:
+        if self.split is None:
+            raise RequestError("this edge node serves no split model (start it with --split-model)")
+        self.engine.check(replace(request, policy="slm-only"))  # prompt, max_tokens, stops
+        try:
+            self.split.check(request.temperature, request.draft_window, request.target_cloud_share)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+
+    async def _split_items(self, request: GenerationRequest, links: TailLinkFactory,
+                           arrived_s: float) -> AsyncIterator[TextEvent | Accounting]:
+        tokenizer = self.split.tokenizer
+        prompt_ids = await asyncio.to_thread(tokenizer.prompt_ids, request.prompt, chat=request.chat,
+                                             assistant_prefix=request.assistant_prefix)
+        if len(prompt_ids) > self.engine.limits.max_prompt_tokens:
+            raise RequestTooLarge(f"prompt is {len(prompt_ids)} tokens; this node takes at most "
+                                  f"{self.engine.limits.max_prompt_tokens}")
+        try:
+            run = self.split.start(prompt_ids, links, max_new_tokens=request.max_tokens, started_s=arrived_s)
+        except ValueError as exc:
+            raise RequestTooLarge(str(exc)) from None
+        return text_events(run, tokenizer, request.stop)
+
     async def GetStatus(self, request: pb.GetEdgeStatusRequest, context) -> pb.EdgeStatus:
         return pb.EdgeStatus(
-            node_id=self.node_id, models=[self.model_name], capabilities=[common_pb2.CAPABILITY_HYBRID_ROUTING],
-            load=common_pb2.NodeLoad(active_requests=self.active_requests), policies=list(POLICIES),
+            node_id=self.node_id, models=[self.model_name], capabilities=self.capabilities,
+            load=common_pb2.NodeLoad(active_requests=self.active_requests),
+            policies=[*POLICIES, *([SPLIT_POLICY] if self.split else [])],
             max_tokens_limit=self.engine.max_tokens_limit, default_cloud_address=self.default_cloud or "",
-            uptime_s=time.monotonic() - self.started, version=__version__)
+            uptime_s=time.monotonic() - self.started, version=__version__,
+            split_plan=self.split.chooser.describe() if self.split else "")

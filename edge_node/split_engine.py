@@ -13,18 +13,20 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from edgecloud.errors import DomainError, Unavailable
+from edgecloud.models.llama import LlamaModel
 from edgecloud.models.tokenizer import Tokenizer
-from edgecloud.routing.router import CLOUD, Accounting, TokenEvent
-from edgecloud.split.llm import SplitHead
+from edgecloud.routing.router import CLOUD, EDGE, Accounting, TokenEvent
+from edgecloud.split.llm import SPLIT_POLICY, LayerTimes, SplitHead, SplitTail, decode_profiles
+from edgecloud.split.planner import CutProfile, Decision, LinkEstimate, LinkEstimator, SplitPlanner
 
-SPLIT_POLICY = "split"  # the request's policy name that asks for split computing
+__all__ = ["SPLIT_POLICY", "CutChooser", "SplitEngine", "SplitRun", "TailGone", "TailLink", "TailReply"]
 
 
 class TailGone(DomainError):
@@ -58,13 +60,18 @@ class TailLink(Protocol):
 class SplitRun:
     """One greedy generation through a split model."""
 
-    def __init__(self, head: SplitHead, link: TailLink, prompt_ids: Sequence[int], *, max_new_tokens: int,
+    def __init__(self, head: SplitHead, link: TailLink | None, prompt_ids: Sequence[int], *, max_new_tokens: int,
                  stop_ids: Sequence[int] = (), chunk_tokens: int = 128, started_s: float | None = None,
-                 max_replays: int = 3) -> None:
+                 max_replays: int = 3, on_reply: Callable[[TailReply], None] | None = None) -> None:
+        """``link`` None: the head holds every layer and the LM head runs here too (nothing crosses)."""
         if not prompt_ids:
             raise ValueError("the prompt is empty")
+        if link is None and head.cut != head.model.config.num_layers:
+            raise ValueError(f"a run without a cloud link needs every layer on the edge, not {head.cut}")
         self.head = head
         self.link = link
+        self.on_reply = on_reply
+        self._local_tail = SplitTail(head.model, head.cut) if link is None else None
         self.prompt_ids = list(prompt_ids)
         self.max_new_tokens = max_new_tokens
         self.stop_ids = frozenset(stop_ids)
@@ -83,11 +90,15 @@ class SplitRun:
         acc = self.accounting
         try:
             token = await self._prefill()
+            source = EDGE if self.link is None else CLOUD
             for i in range(self.max_new_tokens):
-                acc.cloud_tokens += 1
+                if source == CLOUD:
+                    acc.cloud_tokens += 1
+                else:
+                    acc.edge_tokens += 1
                 if i == 0:
                     acc.time_to_first_token_s = time.perf_counter() - self.started_s
-                yield TokenEvent(token, CLOUD, False)
+                yield TokenEvent(token, source, False)
                 if token in self.stop_ids:
                     acc.finish_reason = "eos"
                     return
@@ -100,7 +111,8 @@ class SplitRun:
 
     async def close(self) -> None:
         """End the cloud's tail session (best effort) and the link."""
-        await self.link.close()
+        if self.link is not None:
+            await self.link.close()
 
     async def _prefill(self) -> int:
         reply = None
@@ -119,6 +131,11 @@ class SplitRun:
 
     async def _send(self, ids: list[int]) -> TailReply:
         started = time.perf_counter()
+        if self._local_tail is not None:
+            token = await asyncio.to_thread(self._local_step, ids)
+            self.accounting.edge_compute_s += time.perf_counter() - started
+            self._positions += len(ids)
+            return TailReply(token, 0.0, 0, 0, 0.0, self._positions)
         hidden = await asyncio.to_thread(self.head.forward, torch.tensor([ids]), self._cache)  # (1, T, C)
         self.accounting.edge_compute_s += time.perf_counter() - started
         try:
@@ -131,6 +148,10 @@ class SplitRun:
             raise TailGone(f"the cloud's tail session holds {reply.session_tokens} positions, "
                            f"the edge sent {self._positions}")
         return reply
+
+    def _local_step(self, ids: list[int]) -> int:
+        hidden = self.head.forward(torch.tensor([ids]), self._cache)  # (1, T, C)
+        return int(self._local_tail.forward(hidden, None, last_n=1)[0, -1].argmax())
 
     async def _replay(self, hidden: torch.Tensor) -> TailReply:
         """Everything sent so far and ``hidden`` again, from position 0, in chunks."""
@@ -155,16 +176,80 @@ class SplitRun:
         acc.bytes_down += reply.bytes_down
         acc.cloud_compute_s += reply.compute_s
         acc.network_s += reply.network_s
+        if self.on_reply is not None:
+            self.on_reply(reply)
         return reply
 
 
-class SplitEngine:
-    """The head of a split model with its tokenizer: serves ``policy="split"`` requests of an edge node."""
+INITIAL_LINK = LinkEstimate(100.0, 10.0)  # until the first transfers are measured
 
-    def __init__(self, head: SplitHead, tokenizer: Tokenizer, *, codec: str, chunk_tokens: int = 128) -> None:
-        self.head = head
+
+class CutChooser:
+    """Chooses each split request's cut and codec: the planner over per-token decode profiles, fed by
+    the live link estimate and the cloud's measured per-layer compute.
+
+    ``cuts``/``codecs`` with one entry each fix the choice. The cloud's layer time starts at the edge's
+    divided by ``cloud_speedup`` and then follows the tail's reported compute (moving average).
+    """
+
+    def __init__(self, model: LlamaModel, cuts: Sequence[int], codecs: Sequence[str], *,
+                 bytes_per_step: dict[str, int], edge_times: LayerTimes, cloud_speedup: float = 1.0,
+                 link: LinkEstimate | None = None, margin: float = 0.15, alpha: float = 0.3) -> None:
+        if not cuts or not codecs:
+            raise ValueError("a split model needs at least one cut and one codec")
+        if cloud_speedup <= 0:
+            raise ValueError(f"cloud_speedup must be > 0, got {cloud_speedup}")
+        self.model = model
+        self.num_layers = model.config.num_layers
+        self.cuts = tuple(cuts)
+        self.codecs = tuple(codecs)
+        self.bytes_per_step = bytes_per_step
+        self.edge_times = edge_times
+        self.cloud_times = LayerTimes(edge_times.layer_s / cloud_speedup, edge_times.head_s / cloud_speedup)
+        self.estimator = LinkEstimator(link or INITIAL_LINK)
+        self.planner = SplitPlanner(self._profiles(), codecs=self.codecs, margin=margin)
+        self.alpha = alpha
+        self.last: Decision | None = None
+
+    @property
+    def fixed(self) -> bool:
+        return len(self.cuts) == 1 and len(self.codecs) == 1
+
+    def _profiles(self) -> list[CutProfile]:
+        return decode_profiles(self.num_layers, self.cuts, self.edge_times, self.cloud_times, self.bytes_per_step)
+
+    def choose(self) -> Decision:
+        self.planner.profiles = tuple(self._profiles())
+        self.last = self.planner.update(self.estimator.estimate)
+        return self.last
+
+    def observe(self, reply: TailReply, cut: int) -> None:
+        """A tail call's figures: link time for the estimator; compute per tail layer for the cloud's profile."""
+        self.estimator.observe(reply.bytes_up + reply.bytes_down, reply.network_s)
+        layers = self.num_layers - cut
+        if layers and reply.compute_s > 0:
+            per_layer = max(0.0, reply.compute_s - self.cloud_times.head_s) / layers
+            if per_layer > 0:
+                layer_s = self.cloud_times.layer_s + self.alpha * (per_layer - self.cloud_times.layer_s)
+                self.cloud_times = LayerTimes(layer_s, self.cloud_times.head_s)
+
+    def describe(self) -> str:
+        if self.last is None:
+            return "no split request yet"
+        link = self.estimator.estimate
+        return f"{self.last.reason} [link estimate {link.bandwidth_mbps:.3g} Mbit/s, RTT {link.rtt_ms:.3g} ms]"
+
+
+TailLinkFactory = Callable[[int, str], TailLink]  # (start layer, codec) -> a link to the cloud's tail
+
+
+class SplitEngine:
+    """The split model with its tokenizer: serves ``policy="split"`` requests of an edge node."""
+
+    def __init__(self, model: LlamaModel, tokenizer: Tokenizer, chooser: CutChooser, *, chunk_tokens: int = 128) -> None:
+        self.model = model
         self.tokenizer = tokenizer
-        self.codec = codec
+        self.chooser = chooser
         self.chunk_tokens = chunk_tokens
 
     def check(self, temperature: float, draft_window: int, target_cloud_share: float | None) -> None:
@@ -174,10 +259,21 @@ class SplitEngine:
         if draft_window or target_cloud_share is not None:
             raise ValueError("draft_window and target_cloud_share are routing options; split generation has none")
 
-    def start(self, prompt_ids: Sequence[int], link: TailLink, *, max_new_tokens: int,
+    def start(self, prompt_ids: Sequence[int], links: TailLinkFactory, *, max_new_tokens: int,
               started_s: float | None = None) -> SplitRun:
-        if len(prompt_ids) + max_new_tokens > self.head.model.config.max_position_embeddings:
+        """A run at the cut and codec the planner chooses now; its accounting names them and why."""
+        context = self.model.config.max_position_embeddings
+        if len(prompt_ids) + max_new_tokens > context:
             raise ValueError(f"prompt of {len(prompt_ids)} tokens + max_tokens={max_new_tokens} exceed the "
-                             f"model's context of {self.head.model.config.max_position_embeddings}")
-        return SplitRun(self.head, link, prompt_ids, max_new_tokens=max_new_tokens,
-                        stop_ids=self.tokenizer.eos_token_ids, chunk_tokens=self.chunk_tokens, started_s=started_s)
+                             f"model's context of {context}")
+        plan = self.chooser.choose().plan
+        local = plan.cut == self.model.config.num_layers
+        run = SplitRun(SplitHead(self.model, plan.cut), None if local else links(plan.cut, plan.codec), prompt_ids,
+                       max_new_tokens=max_new_tokens, stop_ids=self.tokenizer.eos_token_ids,
+                       chunk_tokens=self.chunk_tokens, started_s=started_s,
+                       on_reply=lambda reply: self.chooser.observe(reply, plan.cut))
+        acc = run.accounting
+        acc.split_cut, acc.split_codec = plan.cut, plan.codec
+        acc.split_plan = "fixed by the node's --split-cuts and --split-codecs" if self.chooser.fixed \
+            else self.chooser.describe()
+        return run

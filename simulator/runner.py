@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FIELDS = ("edge_tokens", "cloud_tokens", "checked_tokens", "drafted_tokens", "cloud_round_trips",
                   "bytes_up", "bytes_down", "edge_compute_s", "cloud_compute_s", "network_s", "cloud_share",
-                  "prompt_tokens")
+                  "prompt_tokens", "split_cut", "split_codec", "split_plan")
 WARMUP_TOKENS = 4
 
 

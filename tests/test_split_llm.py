@@ -11,9 +11,10 @@ import torch
 
 from edgecloud.cloud_node.session_table import SessionLimits, SessionNotFound
 from edgecloud.cloud_node.tail_sessions import TailInputError, TailLimitError, TailOutOfStep, TailStore
-from edgecloud.edge_node.split_engine import SplitRun, TailGone, TailReply
+from edgecloud.edge_node.split_engine import CutChooser, SplitRun, TailGone, TailReply
 from edgecloud.models.generate import generate_ids
-from edgecloud.split.llm import SplitHead, SplitTail
+from edgecloud.split.llm import LayerTimes, SplitHead, SplitTail
+from edgecloud.split.planner import LinkEstimate
 
 IDS = torch.tensor([[3, 14, 15, 9, 2, 6, 5, 35, 8, 9, 7, 9, 3, 23, 8, 4]])  # (1, 16)
 
@@ -166,3 +167,41 @@ def test_split_run_gives_up_when_the_cloud_keeps_losing_the_session(llm) -> None
     link = LocalTailLink(_store(llm), 1, evict_at=tuple(range(4, 40)))
     with pytest.raises(TailGone, match="giving up"):
         asyncio.run(_split_generate(llm, 1, link, [3, 14, 15, 9, 2], 16))
+
+
+def test_a_run_with_every_layer_on_the_edge_needs_no_cloud(llm) -> None:
+    prompt = [3, 14, 15, 9, 2, 6]
+    ids, run = asyncio.run(_split_generate(llm, 3, None, prompt, 12))
+    assert ids == list(generate_ids(llm, prompt, max_new_tokens=12))
+    assert run.accounting.edge_tokens == 12 and run.accounting.cloud_round_trips == 0
+    with pytest.raises(ValueError, match="every layer"):
+        SplitRun(SplitHead(llm, 2), None, prompt, max_new_tokens=4)
+
+
+def _chooser(llm, **kwargs) -> CutChooser:
+    # The edge: 10 ms per layer; the cloud twice as fast; 4 bytes per hidden value at fp32, 1 at int8.
+    return CutChooser(llm, cuts=(0, 1, 2, 3), codecs=("fp32", "int8"), bytes_per_step={"fp32": 4000, "int8": 1000},
+                      edge_times=LayerTimes(0.010, 0.002), cloud_speedup=2.0, **kwargs)
+
+
+def test_the_cut_moves_to_the_edge_when_the_link_collapses_and_back_when_it_recovers(llm) -> None:
+    chooser = _chooser(llm, link=LinkEstimate(1000, 1))
+    assert chooser.choose().plan.cut == 0  # a fast link: all in the cloud (the faster side)
+    for _ in range(16):  # 200 kbit/s, 50 ms RTT, measured on prefill chunks and decode steps
+        for nbytes in (100_000, 1_000):
+            chooser.observe(TailReply(0, 0.0, nbytes, 0, 0.050 + nbytes * 8 / 200e3, 1), cut=0)
+    slow = chooser.choose()
+    assert slow.plan.cut == 3 and slow.switched, slow.reason  # 33 ms on the edge beats 50 ms RTT + transfer
+    assert "200 kbit" in chooser.describe() or "0.2 Mbit" in chooser.describe()
+    for _ in range(16):
+        for nbytes in (100_000, 1_000):
+            chooser.observe(TailReply(0, 0.0, nbytes, 0, 0.001 + nbytes * 8 / 1e9, 1), cut=0)
+    assert chooser.choose().plan.cut == 0
+
+
+def test_the_cloud_profile_follows_the_reported_compute(llm) -> None:
+    chooser = _chooser(llm, link=LinkEstimate(1000, 1))
+    for _ in range(30):  # the cloud turns out 10x slower than assumed: 50 ms per layer
+        chooser.observe(TailReply(0, 3 * 0.050 + 0.001, 1000, 0, 0.001, 1), cut=0)
+    assert chooser.cloud_times.layer_s == pytest.approx(0.050, rel=0.01)
+    assert chooser.choose().plan.cut == 3  # now the edge is faster

@@ -111,6 +111,9 @@ class Accounting:
     prompt_tokens: int = 0
     window_sizes: list[int] = field(default_factory=list)
     cloud_background_calls: int = 0  # context pushes overlapped with drafting (prefetch)
+    split_cut: int = 0  # split computing: layers run on the edge
+    split_codec: str = ""  # the activation codec at the cut
+    split_plan: str = ""  # why the planner chose them
 
     @property
     def round_trips(self) -> int:
