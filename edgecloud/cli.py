@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from edgecloud.split.cli import app as split_app  # typer and rich only: torch is imported in the commands
+
 app = typer.Typer(help="edgecloud: distributed edge-cloud collaborative inference.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
 models_app = typer.Typer(help="Pull and list models of the model zoo.", no_args_is_help=True)
@@ -18,6 +20,7 @@ app.add_typer(models_app, name="models")
 reward_app = typer.Typer(help="Collect data for and train the learned reward head (the router's score).",
                          no_args_is_help=True)
 app.add_typer(reward_app, name="reward")
+app.add_typer(split_app, name="split")
 
 err = Console(stderr=True)
 DEMO_PROMPT = "Write a Python function that returns the n-th Fibonacci number iteratively."
