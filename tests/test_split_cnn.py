@@ -70,7 +70,7 @@ def random_cnn(seed: int = 0, centre_on: torch.Tensor | None = None) -> DigitRes
     model.eval()
     if centre_on is not None:
         with torch.no_grad():
-            features = split(model, 5)[0](centre_on)  # (N, 64)
+            features = model.stages[:5](centre_on)  # (N, 64): up to the pool, without the code under test
             fc = model.stages.fc
             fc.weight.mul_(10.0 / features.std(0).mean())
             fc.bias.copy_(-fc.weight @ features.mean(0))
@@ -242,14 +242,14 @@ def test_two_stage_training_lowers_the_losses_and_freezes_the_edge(data) -> None
     generator = torch.Generator().manual_seed(0)
     logs = []
 
-    def mse() -> float:
+    def mse() -> float:  # in train mode: batch statistics, as trained (running statistics change anyway)
         with torch.no_grad():
-            return nn.functional.mse_loss(student.decoder(student.encoder(student.head.eval()(x))),
-                                          teacher_head(x)).item()
+            student.train()
+            return nn.functional.mse_loss(student.decoder(student.encoder(student.head(x))), teacher_head(x)).item()
 
     before = mse()
     distill(student, teacher_head, x, config, generator, logs.append)
-    assert mse() < 0.7 * before and logs[-1].loss < logs[0].loss
+    assert mse() < 0.5 * before and logs[-1].loss < 0.5 * logs[0].loss
     edge = {"head": _snapshot(student.head), "encoder": _snapshot(student.encoder)}
     cloud = {"decoder": _snapshot(student.decoder), "tail": _snapshot(student.tail)}
 
