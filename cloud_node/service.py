@@ -7,16 +7,16 @@ import logging
 import time
 
 import grpc
-import torch
 
 from edgecloud import __version__
+from edgecloud.activations import activation_from_proto
 from edgecloud.cloud_node.sessions import SessionInputError, SessionNotFound, SessionStore
 from edgecloud.cloud_node.tail_sessions import TailStore
 from edgecloud.errors import DomainError, clip, status_for
 from edgecloud.v1 import cloud_node_pb2 as pb
 from edgecloud.v1 import cloud_node_pb2_grpc as pb_grpc
 from edgecloud.v1 import common_pb2
-from edgecloud.wire import tensor_from_proto, tensor_to_proto, token_ids
+from edgecloud.wire import tensor_to_proto, token_ids
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +118,9 @@ class CloudNodeServicer(pb_grpc.CloudNodeServicer):
         await self._check_model(request.model, context)
         cfg = self.store.model.config
         try:
-            hidden = tensor_from_proto(
+            hidden = activation_from_proto(
                 request.hidden_states, expected_shape=(None, None, cfg.hidden_size),
-                max_bytes=self.tails.limits.max_window_tokens * cfg.hidden_size * 4,
-                allowed_dtypes=(torch.float32, torch.float16, torch.bfloat16))
+                max_bytes=self.tails.limits.max_window_tokens * cfg.hidden_size * 4)
             result = await asyncio.to_thread(
                 self.tails.run, request.start_layer, hidden, session_id=request.session_id,
                 past_tokens=request.past_tokens, last_only=request.last_position_only,

@@ -13,10 +13,14 @@ from edgecloud.edge_node.cloud_client import GrpcCloudLink
 from edgecloud.edge_node.config import EdgeConfig
 from edgecloud.edge_node.engine import EdgeEngine, EngineLimits, GenerationRequest
 from edgecloud.edge_node.service import EdgeNodeServicer
+from edgecloud.edge_node.split_engine import CutChooser, SplitEngine
+from edgecloud.edge_node.tail_client import GrpcTailLink, tail_request_bytes
+from edgecloud.kernels.codecs import parse_codec
 from edgecloud.models.dtypes import parse_dtype
 from edgecloud.models.loader import load_model, model_display_name, resolve_source
 from edgecloud.models.tokenizer import Tokenizer
 from edgecloud.routing.reward import RewardHead
+from edgecloud.split.llm import check_cut, step_bytes, time_decode_step
 from edgecloud.v1 import cloud_node_pb2_grpc, common_pb2, edge_node_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -38,8 +42,36 @@ class CloudChannels:
         stub = cloud_node_pb2_grpc.CloudNodeStub(self._pool.get(address))
         return GrpcCloudLink(stub, temperature=request.temperature, seed=request.seed, timeout_s=self.timeout_s)
 
+    def tail_link(self, address: str, cut: int, codec: str) -> GrpcTailLink:
+        """A link to the tail of the split model, cut after ``cut`` layers, on the cloud node at ``address``."""
+        stub = cloud_node_pb2_grpc.CloudNodeStub(self._pool.get(address))
+        return GrpcTailLink(stub, start_layer=cut, codec=codec, timeout_s=self.timeout_s)
+
     async def close(self) -> None:
         await self._pool.close()
+
+
+def load_split(config: EdgeConfig) -> SplitEngine | None:
+    """The split model and its cut chooser, when the node is asked to serve one (``ValueError`` for bad
+    cuts or codecs). The edge's layer times are measured here, once."""
+    if not config.split_model:
+        return None
+    for codec in config.split_codecs:
+        parse_codec(codec)
+    folder = resolve_source(config.split_model)
+    log.info("loading %s for split computing", folder)
+    model = load_model(folder, dtype=parse_dtype(config.dtype))
+    layers = model.config.num_layers
+    cuts = config.split_cuts or tuple(range(0, layers + 1, max(1, layers // 4)))
+    for cut in cuts:
+        check_cut(model, cut)
+    edge_times = time_decode_step(model)
+    log.info("split model: %d layers, %.2f ms per layer per token here; cuts %s, codecs %s", layers,
+             edge_times.layer_s * 1e3, cuts, ", ".join(config.split_codecs))
+    chooser = CutChooser(model, cuts, config.split_codecs, edge_times=edge_times,
+                         bytes_per_step=step_bytes(model, config.split_codecs, tail_request_bytes),
+                         cloud_speedup=config.split_cloud_speedup)
+    return SplitEngine(model, Tokenizer.from_folder(folder), chooser)
 
 
 async def serve(config: EdgeConfig) -> None:
@@ -65,9 +97,11 @@ async def serve(config: EdgeConfig) -> None:
         if agents:
             await agents[0].refresh()
 
+    split = load_split(config)
     servicer = EdgeNodeServicer(engine, node_id=config.node_id, model_name=model_name, default_cloud=config.cloud,
                                 link_factory=channels.link, default_prefetch=config.cloud_prefetch,
-                                allowed_clouds=allowed_clouds, refresh_clouds=refresh_clouds)
+                                allowed_clouds=allowed_clouds, refresh_clouds=refresh_clouds, split=split,
+                                tail_link_factory=channels.tail_link)
     server = rpc.create_server(config.security, max_message_bytes=MAX_MESSAGE_BYTES)
     edge_node_pb2_grpc.add_EdgeNodeServicer_to_server(servicer, server)
     # Threshold calibration (a minute of SLM work the first time) starts now, off the event loop,
@@ -82,8 +116,8 @@ async def serve(config: EdgeConfig) -> None:
         warm_up.cancel()
         await channels.close()
 
-    identity = NodeIdentity(config.node_id, common_pb2.NODE_ROLE_EDGE, model_name,
-                            (common_pb2.CAPABILITY_HYBRID_ROUTING,), str(model.device))
+    identity = NodeIdentity(config.node_id, common_pb2.NODE_ROLE_EDGE, model_name, tuple(servicer.capabilities),
+                            str(model.device))
     await serve_node("edge", server, identity, listen=config.listen, security=config.security, load=load,
                      coordinator=config.coordinator, heartbeat_interval_s=config.heartbeat_interval_s,
                      advertise=config.advertise, on_stopping=stopping, on_agent=agents.append)

@@ -112,7 +112,7 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
                         links.append(self.tail_link_factory(cloud_address, cut, codec))
                         return links[-1]
 
-                    items = await self._split_items(domain, make_tail_link, arrived_s)
+                    items = await self._split_items(domain, make_tail_link, cloud_address, arrived_s)
                     policy_name, threshold = SPLIT_POLICY, None
                 else:
                     prompt_ids, policy = await asyncio.to_thread(self.engine.prepare, domain)
@@ -157,7 +157,7 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
         except ValueError as exc:
             raise RequestError(str(exc)) from None
 
-    async def _split_items(self, request: GenerationRequest, links: TailLinkFactory,
+    async def _split_items(self, request: GenerationRequest, links: TailLinkFactory, cloud_address: str,
                            arrived_s: float) -> AsyncIterator[TextEvent | Accounting]:
         tokenizer = self.split.tokenizer
         prompt_ids = await asyncio.to_thread(tokenizer.prompt_ids, request.prompt, chat=request.chat,
@@ -169,6 +169,7 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
             run = self.split.start(prompt_ids, links, max_new_tokens=request.max_tokens, started_s=arrived_s)
         except ValueError as exc:
             raise RequestTooLarge(str(exc)) from None
+        self.split.probe_if_due(lambda cut, codec: self.tail_link_factory(cloud_address, cut, codec))
         return text_events(run, tokenizer, request.stop)
 
     async def GetStatus(self, request: pb.GetEdgeStatusRequest, context) -> pb.EdgeStatus:

@@ -11,6 +11,8 @@ text handling serve both.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -210,6 +212,7 @@ class CutChooser:
         self.planner = SplitPlanner(self._profiles(), codecs=self.codecs, margin=margin)
         self.alpha = alpha
         self.last: Decision | None = None
+        self.last_observed_s = -math.inf  # time.monotonic() of the latest transfer measured
 
     @property
     def fixed(self) -> bool:
@@ -226,12 +229,17 @@ class CutChooser:
     def observe(self, reply: TailReply, cut: int) -> None:
         """A tail call's figures: link time for the estimator; compute per tail layer for the cloud's profile."""
         self.estimator.observe(reply.bytes_up + reply.bytes_down, reply.network_s)
+        self.last_observed_s = time.monotonic()
         layers = self.num_layers - cut
         if layers and reply.compute_s > 0:
             per_layer = max(0.0, reply.compute_s - self.cloud_times.head_s) / layers
             if per_layer > 0:
                 layer_s = self.cloud_times.layer_s + self.alpha * (per_layer - self.cloud_times.layer_s)
                 self.cloud_times = LayerTimes(layer_s, self.cloud_times.head_s)
+
+    def probe_due(self, interval_s: float) -> bool:
+        """No transfer measured for ``interval_s`` (a plan that keeps everything on the edge measures none)."""
+        return not self.fixed and time.monotonic() - self.last_observed_s > interval_s
 
     def describe(self) -> str:
         if self.last is None:
@@ -240,17 +248,42 @@ class CutChooser:
         return f"{self.last.reason} [link estimate {link.bandwidth_mbps:.3g} Mbit/s, RTT {link.rtt_ms:.3g} ms]"
 
 
+log = logging.getLogger(__name__)
 TailLinkFactory = Callable[[int, str], TailLink]  # (start layer, codec) -> a link to the cloud's tail
 
 
 class SplitEngine:
     """The split model with its tokenizer: serves ``policy="split"`` requests of an edge node."""
 
-    def __init__(self, model: LlamaModel, tokenizer: Tokenizer, chooser: CutChooser, *, chunk_tokens: int = 128) -> None:
+    def __init__(self, model: LlamaModel, tokenizer: Tokenizer, chooser: CutChooser, *, chunk_tokens: int = 128,
+                 probe_interval_s: float = 10.0, probe_positions: int = 16) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.chooser = chooser
         self.chunk_tokens = chunk_tokens
+        self.probe_interval_s = probe_interval_s
+        self.probe_positions = probe_positions
+        self._probe: asyncio.Task | None = None
+
+    def probe_if_due(self, links: TailLinkFactory) -> None:
+        """While no request measures the link (all on the edge), measure it in the background now and then:
+        a stateless tail call of ``probe_positions`` positions at the last layer (the cloud runs only its
+        LM head), so that the plan can come back when the link recovers."""
+        if not self.chooser.probe_due(self.probe_interval_s) or (self._probe is not None and not self._probe.done()):
+            return
+        self._probe = asyncio.get_running_loop().create_task(self._measure(links))
+
+    async def _measure(self, links: TailLinkFactory) -> None:
+        layers = self.model.config.num_layers
+        link = links(layers, self.chooser.codecs[0])
+        try:
+            for positions in (1, self.probe_positions):  # two sizes: RTT and bandwidth apart
+                hidden = torch.zeros(1, positions, self.model.config.hidden_size, dtype=self.model.dtype)
+                self.chooser.observe(await link.run(hidden, 0, session_id=""), layers)
+        except DomainError as exc:
+            log.info("link probe failed: %s", exc)
+        finally:
+            await link.close()
 
     def check(self, temperature: float, draft_window: int, target_cloud_share: float | None) -> None:
         """What a split request cannot ask for (``ValueError`` says what)."""

@@ -11,7 +11,7 @@ import torch
 
 from edgecloud.cloud_node.session_table import SessionLimits, SessionNotFound
 from edgecloud.cloud_node.tail_sessions import TailInputError, TailLimitError, TailOutOfStep, TailStore
-from edgecloud.edge_node.split_engine import CutChooser, SplitRun, TailGone, TailReply
+from edgecloud.edge_node.split_engine import CutChooser, SplitEngine, SplitRun, TailGone, TailReply
 from edgecloud.models.generate import generate_ids
 from edgecloud.split.llm import LayerTimes, SplitHead, SplitTail
 from edgecloud.split.planner import LinkEstimate
@@ -205,3 +205,23 @@ def test_the_cloud_profile_follows_the_reported_compute(llm) -> None:
         chooser.observe(TailReply(0, 3 * 0.050 + 0.001, 1000, 0, 0.001, 1), cut=0)
     assert chooser.cloud_times.layer_s == pytest.approx(0.050, rel=0.01)
     assert chooser.choose().plan.cut == 3  # now the edge is faster
+
+
+def test_a_plan_that_keeps_everything_on_the_edge_probes_the_link_to_come_back(llm) -> None:
+    chooser = _chooser(llm, link=LinkEstimate(0.2, 50))
+    engine = SplitEngine(llm, None, chooser, probe_interval_s=0.0, probe_positions=4)
+    store = _store(llm)
+
+    class FastLink(LocalTailLink):  # a recovered link: 1 ms, 1 Gbit/s
+        async def run(self, hidden, past_tokens, *, session_id, end=False) -> TailReply:
+            reply = await super().run(hidden, past_tokens, session_id=session_id)
+            return TailReply(reply.next_token, reply.compute_s, hidden.numel() * 4, 16, 0.001 + hidden.numel() * 32e-9,
+                             reply.session_tokens)
+
+    async def go() -> None:
+        assert chooser.choose().plan.cut == 3  # the link is bad: all on the edge
+        for _ in range(8):
+            engine.probe_if_due(lambda cut, codec: FastLink(store, cut))
+            await engine._probe
+    asyncio.run(go())
+    assert chooser.choose().plan.cut == 0

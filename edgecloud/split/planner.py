@@ -192,8 +192,11 @@ class LinkEstimator:
         transfer_s = mean_t - self.rtt_ms / 1e3
         if transfer_s >= self.min_transfer_s:
             self.bandwidth_mbps = mean_b * 8 / transfer_s / 1e6
-        elif mean_t < self.rtt_ms / 1e3:  # quicker than the RTT estimate: the link got closer
+            return
+        if mean_t < self.rtt_ms / 1e3:  # quicker than the RTT estimate: the link got closer
             self.rtt_ms = mean_t * 1e3
+        if mean_t > 0:  # the bytes arrived within mean_t: the link is at least that fast
+            self.bandwidth_mbps = max(self.bandwidth_mbps, mean_b * 8 / mean_t / 1e6)
 
     @property
     def estimate(self) -> LinkEstimate:
