@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edgecloud.loop_thread import LoopThread
 from edgecloud.processes import DaemonGroup
-from edgecloud.simulator.experiment import Experiment, ExperimentLink
+from edgecloud.simulator.experiment import Experiment, ExperimentLink, split_model_key
 from edgecloud.simulator.profiles import LinkProfile, Outages
 from edgecloud.simulator.proxy import ShapingProxy
 
@@ -121,6 +121,8 @@ class SimCluster:
         """Coordinator, its proxies, cloud, its proxies, edges; then wait until all registered."""
         exp = self.experiment
         cloud_cpus, edge_cpus = assign_cores(len(exp.edges), sorted(os.sched_getaffinity(0)) if pin_cpus else [])
+        if exp.cloud.all_cores:
+            cloud_cpus = sorted(os.sched_getaffinity(0)) if pin_cpus else None
         coordinator = self.group.start(exp.coordinator.name, [
             "-m", "edgecloud.coordinator", "--listen", "127.0.0.1:0", "--heartbeat-interval-s", "1"])
         self._started(exp.coordinator.name, coordinator)
@@ -138,6 +140,10 @@ class SimCluster:
                     "--cloud", self._dial(edge.name, exp.cloud.name), "--dtype", dtype]
             if cloud_timeout_s is not None:
                 args += ["--cloud-timeout-s", str(cloud_timeout_s)]
+            if edge.split_model is not None:
+                args += ["--split-model", str(models[split_model_key(edge.name)]), "--split-cloud-speedup", "1"]
+                args += ["--split-cuts", ",".join(map(str, edge.split_cuts))] if edge.split_cuts else []
+                args += ["--split-codecs", ",".join(edge.split_codecs)] if edge.split_codecs else []
             self._started(edge.name, self.group.start(edge.name, args, cpus=cpus, env=_threads(cpus)))
         self.wait_registered()
 

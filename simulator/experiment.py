@@ -33,6 +33,7 @@ class CloudSpec:
     name: str = "cloud"
     model: str = "qwen2.5-coder-1.5b-instruct"
     max_sessions: int = 64
+    all_cores: bool = False  # unpinned, one thread per core: a cloud stronger than each edge (split computing)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,14 @@ class EdgeSpec:
     policy: str = "entropy"
     threshold: float | None = None
     cloud_share: float | None = None
+    split_model: str | None = None  # policy "split": this model's head on the edge, its tail on the cloud
+    split_cuts: tuple[int, ...] = ()  # the planner's candidate cuts (() = the edge's default)
+    split_codecs: tuple[str, ...] = ()  # the planner's candidate codecs (() = the edge's default)
+
+
+def split_model_key(edge: str) -> str:
+    """The key of an edge's split model among the experiment's resolved models."""
+    return f"{edge}:split"
 
 
 @dataclass(frozen=True)
@@ -158,9 +167,24 @@ def _check_model(model: str, key: tuple[str | int, ...]) -> None:
                           "a Hugging Face folder or a .gguf file")
 
 
+def _items(data: Mapping[str, Any], name: str, key: tuple[str | int, ...], kind: type) -> tuple:
+    """An optional array of ``kind`` values (an empty tuple when absent)."""
+    value = data.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise ConfigError((*key, name), f"must be an array of {kind.__name__} values, got {value!r}")
+    return tuple(value)
+
+
 def _check_policy(edge: EdgeSpec, key: tuple[str | int, ...]) -> None:
     from edgecloud.routing.policies import POLICIES
+    from edgecloud.split.llm import SPLIT_POLICY
 
+    if edge.policy == SPLIT_POLICY or edge.split_model is not None:
+        if edge.policy != SPLIT_POLICY or edge.split_model is None:
+            raise ConfigError((*key, "split_model"), f"policy {SPLIT_POLICY!r} and split_model go together")
+        if edge.threshold is not None or edge.cloud_share is not None:
+            raise ConfigError((*key, "policy"), "split generation takes no threshold or cloud_share")
+        return
     cls = POLICIES.get(edge.policy)
     if cls is None:
         raise ConfigError((*key, "policy"), f"unknown policy {edge.policy!r}; known: {', '.join(POLICIES)}")
@@ -184,10 +208,13 @@ def _coordinator(data: Any) -> CoordinatorSpec:
 def _cloud(data: Any) -> CloudSpec:
     key = ("cloud",)
     table = _table(data, key)
-    _only(table, {"name", "model", "max_sessions"}, key)
+    _only(table, {"name", "model", "max_sessions", "all_cores"}, key)
+    all_cores = table.get("all_cores", False)
+    if not isinstance(all_cores, bool):
+        raise ConfigError((*key, "all_cores"), f"must be true or false, got {all_cores!r}")
     spec = CloudSpec(check_name(_string(table, "name", key, "cloud"), "cloud.name"),
                      _string(table, "model", key, CloudSpec.model),
-                     _number(table, "max_sessions", key, 64, low=1, integer=True))
+                     _number(table, "max_sessions", key, 64, low=1, integer=True), all_cores)
     _check_model(spec.model, (*key, "model"))
     return spec
 
@@ -199,13 +226,19 @@ def _edges(data: Any) -> tuple[EdgeSpec, ...]:
     for index, raw in enumerate(data):
         key = ("edges", index)
         table = _table(raw, key)
-        _only(table, {"name", "model", "policy", "threshold", "cloud_share"}, key)
+        _only(table, {"name", "model", "policy", "threshold", "cloud_share", "split_model", "split_cuts",
+                      "split_codecs"}, key)
         edge = EdgeSpec(name=check_name(_string(table, "name", key, ...), f"edges[{index}].name"),
                         model=_string(table, "model", key, EdgeSpec.model),
                         policy=_string(table, "policy", key, EdgeSpec.policy),
                         threshold=_number(table, "threshold", key, None, low=-math.inf),
-                        cloud_share=_number(table, "cloud_share", key, None, high=1.0))
+                        cloud_share=_number(table, "cloud_share", key, None, high=1.0),
+                        split_model=_string(table, "split_model", key, None),
+                        split_cuts=_items(table, "split_cuts", key, int),
+                        split_codecs=_items(table, "split_codecs", key, str))
         _check_model(edge.model, (*key, "model"))
+        if edge.split_model is not None:
+            _check_model(edge.split_model, (*key, "split_model"))
         _check_policy(edge, key)
         edges.append(edge)
     return tuple(edges)

@@ -111,6 +111,7 @@ def latency_figure(records: Sequence[dict[str, Any]], link_log: Sequence[dict[st
     middle.set_ylim(bottom=0)
     if edges:
         middle.legend(fontsize=7, loc="upper left")
+    _plot_split_cuts(middle.twinx(), records, edges)
     rate_ax, latency_ax = bottom, bottom.twinx()
     ups, downs = link_steps(link_log, "uplink_rate_mbps"), link_steps(link_log, "downlink_rate_mbps")
     up_ms, down_ms = link_steps(link_log, "uplink_latency_ms"), link_steps(link_log, "downlink_latency_ms")
@@ -135,6 +136,24 @@ def latency_figure(records: Sequence[dict[str, Any]], link_log: Sequence[dict[st
         rate_ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def _plot_split_cuts(ax: Any, records: Sequence[dict[str, Any]], edges: Sequence[str]) -> None:
+    """Split requests: the cut the planner chose (layers run on the edge), with its codec as the label."""
+    split = [r for r in records if r.get("policy") == "split" and r["status"] == "OK"]
+    if not split:
+        ax.set_axis_off()
+        return
+    for edge in edges:
+        mine = [r for r in split if r["edge"] == edge]
+        ax.step([r["start_s"] for r in mine], [r["split_cut"] for r in mine], "s-", where="post", color="tab:purple",
+                alpha=0.8, label=f"{edge} split cut")
+        for r in mine:
+            ax.annotate(r.get("split_codec") or "local", (r["start_s"], r["split_cut"]), fontsize=6,
+                        xytext=(2, 3), textcoords="offset points")
+    ax.set_ylabel("split cut: layers on the edge")
+    ax.set_ylim(bottom=-0.5)
+    ax.legend(fontsize=7, loc="upper right")
 
 
 def plot_latency(records: Sequence[dict[str, Any]], link_log: Sequence[dict[str, Any]], path: Path,

@@ -42,7 +42,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edgecloud.loop_thread import LoopThread
 from edgecloud.processes import DaemonGroup
 from edgecloud.simulator.cluster import Route, SimCluster, plan_routes
-from edgecloud.simulator.experiment import EdgeSpec, Experiment
+from edgecloud.simulator.experiment import EdgeSpec, Experiment, split_model_key
 from edgecloud.simulator.link_timeline import LinkTimeline
 from edgecloud.simulator.records import OK, JsonlWriter, read_jsonl, summarize
 from edgecloud.simulator.workload import Arrival, plan_arrivals
@@ -66,7 +66,8 @@ def resolve_models(experiment: Experiment, overrides: Mapping[str, str | Path] |
     from edgecloud.models.loader import resolve_source
 
     overrides = dict(overrides or {})
-    wanted = {experiment.cloud.name: experiment.cloud.model, **{e.name: e.model for e in experiment.edges}}
+    wanted = {experiment.cloud.name: experiment.cloud.model, **{e.name: e.model for e in experiment.edges},
+              **{split_model_key(e.name): e.split_model for e in experiment.edges if e.split_model}}
     resolved: dict[str, Path] = {}
     cache: dict[str, Path] = {}
     for node, model in wanted.items():

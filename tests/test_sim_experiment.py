@@ -162,3 +162,19 @@ def test_bandwidth_drop_experiment_is_sized_so_that_the_drop_shows_on_this_machi
     extra_s = trips * (round_trip_s(drop.profile) - round_trip_s(link.profile))
     assert extra_s > 0.2 * service_s, (extra_s, service_s)
     assert back.profile.uplink.rate_mbps == link.profile.uplink.rate_mbps
+
+
+SPLIT = 'policy = "split"\nsplit_model = "qwen2.5-coder-1.5b-instruct"\nsplit_cuts = [0, 28]\nsplit_codecs = ["fp16"]'
+
+
+def test_split_edges_parse_and_their_options_go_together() -> None:
+    edge = parse_experiment(MINIMAL.replace('policy = "entropy"', SPLIT)).edges[0]
+    assert (edge.policy, edge.split_cuts, edge.split_codecs) == ("split", (0, 28), ("fp16",))
+    with pytest.raises(ConfigError, match="go together"):
+        parse_experiment(MINIMAL.replace('policy = "entropy"', 'policy = "split"'))
+    with pytest.raises(ConfigError, match="go together"):
+        parse_experiment(MINIMAL.replace('policy = "entropy"', 'split_model = "qwen2.5-coder-1.5b-instruct"'))
+    with pytest.raises(ConfigError, match="array of int"):
+        parse_experiment(MINIMAL.replace('policy = "entropy"', SPLIT.replace("[0, 28]", '["a"]')))
+    with pytest.raises(ConfigError, match="no threshold"):
+        parse_experiment(MINIMAL.replace('policy = "entropy"', SPLIT + "\nthreshold = 0.5"))

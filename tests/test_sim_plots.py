@@ -36,3 +36,13 @@ def test_latency_plot_draws_round_trips_per_token_per_request(tmp_path) -> None:
     assert list(line.get_ydata()) == pytest.approx([0.25, 0.25])
     paths = make_plots(tmp_path, records, LINK_LOG, title="t")
     assert [p.name for p in paths] == ["latency.png", "tokens.png"] and all(p.stat().st_size > 0 for p in paths)
+
+
+def test_latency_plot_draws_the_split_cut_of_each_request() -> None:
+    records = [{**record(i, 1.0 + 3 * i, 16, 16), "policy": "split", "split_cut": cut, "split_codec": codec}
+               for i, (cut, codec) in enumerate([(0, "fp16"), (28, ""), (28, ""), (0, "int8-token")])]
+    fig = latency_figure(records, LINK_LOG, title="t")
+    [axis] = [ax for ax in fig.axes if ax.get_ylabel() == "split cut: layers on the edge"]
+    [line] = axis.get_lines()
+    assert list(line.get_xdata()) == [1.0, 4.0, 7.0, 10.0] and list(line.get_ydata()) == [0, 28, 28, 0]
+    assert [t.get_text() for t in axis.texts] == ["fp16", "local", "local", "int8-token"]
