@@ -233,7 +233,10 @@ def _encode(x: torch.Tensor, spec: CodecSpec, axis: int, fast: bool) -> Encoded:
         xf = xf.clone() if xf.data_ptr() == x.data_ptr() else xf
         xf.index_fill_(axis, index, 0.0)
     qmax = _QMAX[spec.format]
-    q, scales = (quantize if fast else quantize_reference)(xf, axis, group, qmax)  # (…, C, …), (nscales,)
+    if fast:  # xf may be overwritten unless it is the caller's tensor
+        q, scales = quantize(xf, axis, group, qmax, overwrite=xf.data_ptr() != x.data_ptr())  # (…, C, …), (n,)
+    else:
+        q, scales = quantize_reference(xf, axis, group, qmax)
     if scales.numel() and not bool(torch.isfinite(scales).all()):
         raise ValueError(f"codec {spec.name} cannot quantize non-finite values (inf/nan outside outlier channels)")
     if spec.format == "int4":
@@ -309,9 +312,11 @@ def quantize_reference(xf: torch.Tensor, axis: int, group: int, qmax: int) -> tu
     return q.reshape(xf.shape), scale.reshape(-1)
 
 
-def quantize(xf: torch.Tensor, axis: int, group: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize(xf: torch.Tensor, axis: int, group: int, qmax: int, *,
+             overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``quantize_reference`` in fewer passes: absmax as max(amax, −amin) (no |x| temporary), the
-    division rounded in place, no clamp while every scale is normal (|x/s| ≤ qmax·(1 + 2^-23))."""
+    division rounded in place (in ``xf`` itself when ``overwrite``: one large buffer fewer to fault
+    in), no clamp while every scale is normal (|x/s| ≤ qmax·(1 + 2^-23))."""
     view, dims = _grouped_shape(tuple(xf.shape), axis, group)
     if xf.numel() == 0:
         return quantize_reference(xf, axis, group, qmax)
@@ -320,7 +325,7 @@ def quantize(xf: torch.Tensor, axis: int, group: int, qmax: int) -> tuple[torch.
     absmax = torch.maximum(absmax, v.amin(dim=dims, keepdim=True).neg_(), out=absmax)
     scale = absmax.div_(qmax)
     safe = torch.where(scale > 0, scale, 1.0)
-    q = torch.div(v, safe)
+    q = v.div_(safe) if overwrite else torch.div(v, safe)
     q.round_()
     if bool((scale < _SMALLEST_NORMAL).any()):  # subnormal scales (or zero): x/s may exceed qmax
         q.clamp_(-qmax, qmax)

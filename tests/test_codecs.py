@@ -206,6 +206,15 @@ def test_zeros_empty_and_non_contiguous() -> None:
         assert encode(x, codec) == encode(x.contiguous(), codec)
 
 
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_encode_leaves_its_input_alone(dtype: torch.dtype) -> None:
+    x = hidden_states(dtype=dtype)
+    before = x.clone()
+    for codec in CODECS:
+        encode(x, codec)
+        assert _same(x, before), codec
+
+
 def test_subnormal_scales_stay_in_range() -> None:
     x = torch.tensor([[1.4 * 127 * 2.0**-149, 0.0, -1e-44, 3e-45]] * 3)  # absmax/127 is subnormal
     for codec in ("int8-token", "int4-g4", "int8-channel"):
