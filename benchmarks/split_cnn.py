@@ -74,7 +74,7 @@ class Echo:
                 await reader.readexactly(size)
                 writer.write(bytes(LOGITS_BYTES))
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             writer.close()
 
 
@@ -86,7 +86,8 @@ async def network_times(sizes: list[int], rate_mbps: float, rtt_ms: float, repea
     echo = Echo()
     upstream = await echo.start()
     proxy = await ShapingProxy.create(upstream=upstream,
-                                      profile=LinkProfile.symmetric(rate_mbps=rate_mbps, latency_ms=rtt_ms / 2))
+                                      profile=LinkProfile.symmetric(rate_mbps=rate_mbps, latency_ms=rtt_ms / 2,
+                                                                    burst_bytes=1500))  # one packet: no burst credit
     host, port = proxy.address.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     out = {}
@@ -99,7 +100,6 @@ async def network_times(sizes: list[int], rate_mbps: float, rtt_ms: float, repea
                 await writer.drain()
                 await reader.readexactly(LOGITS_BYTES)
                 times.append(time.perf_counter() - started)
-                await asyncio.sleep(0.02)  # let the token bucket refill between images
             out[size] = statistics.median(times)
     finally:
         writer.close()
@@ -163,21 +163,27 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 3.8))
+    slowdowns = sorted({c["edge_slowdown"] for c in result["cells"]})
+    fig, axes = plt.subplots(len(slowdowns), 1, figsize=(10, 3.4 * len(slowdowns)), squeeze=False)
+    for ax, slowdown in zip(axes[:, 0], slowdowns, strict=True):
+        _grid(ax, [c for c in result["cells"] if c["edge_slowdown"] == slowdown], result["winners"], plt)
+        ax.set_title(f"edge = this CPU × {slowdown:g} slower: fastest configuration within {MAX_LOSS_POINTS} "
+                     "points of the unsplit accuracy", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _grid(ax, cells: list[dict], winners: list[str], plt) -> None:
     ax.set_xticks(range(len(RATES_MBPS)), [f"{r:g} Mbit/s" for r in RATES_MBPS])
     ax.set_yticks(range(len(RTTS_MS)), [f"RTT {r:g} ms" for r in RTTS_MS])
-    for cell in result["cells"]:
+    for cell in cells:
         x, y = RATES_MBPS.index(cell["rate_mbps"]), RTTS_MS.index(cell["rtt_ms"])
-        ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), 1, 1, color=f"C{result['winners'].index(cell['winner'])}",
-                                   alpha=0.35))
+        ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), 1, 1, color=f"C{winners.index(cell['winner'])}", alpha=0.35))
         ax.text(x, y, f"{cell['winner']}\n{cell['winner_ms']:.1f} ms\n(planner: {cell['planner_pick']})",
                 ha="center", va="center", fontsize=7)
     ax.set_xlim(-0.5, len(RATES_MBPS) - 0.5)
     ax.set_ylim(-0.5, len(RTTS_MS) - 0.5)
-    ax.set_title(f"fastest configuration within {MAX_LOSS_POINTS} points of the unsplit accuracy (measured)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -185,6 +191,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--repeats", type=int, default=5, help="round trips per size and link cell")
+    parser.add_argument("--edge-slowdowns", type=float, nargs="+", default=[1.0, 30.0],
+                        help="also model an edge this many times slower than this CPU (its measured compute × k)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -197,22 +205,23 @@ def main() -> None:
               flush=True)
     eligible = [r for r in rows if r["accuracy_delta_points"] >= -MAX_LOSS_POINTS]
     sizes = sorted({r["bytes"] for r in rows if r["bytes"]})
+    nets = {(rate, rtt): asyncio.run(network_times(sizes, rate, rtt, args.repeats))
+            for rtt in RTTS_MS for rate in RATES_MBPS}
     cells = []
-    for rtt in RTTS_MS:
-        for rate in RATES_MBPS:
-            net = asyncio.run(network_times(sizes, rate, rtt, args.repeats))
-            latencies = {r["config"]: r["edge_s"] + r["cloud_s"] + (net[r["bytes"]] if r["bytes"] else 0.0)
+    for slowdown in args.edge_slowdowns:
+        for (rate, rtt), net in nets.items():
+            latencies = {r["config"]: slowdown * r["edge_s"] + r["cloud_s"] + (net[r["bytes"]] if r["bytes"] else 0.0)
                          for r in rows}
-            profiles = [CutProfile(i, r["config"], r["edge_s"], r["cloud_s"],
+            profiles = [CutProfile(i, r["config"], slowdown * r["edge_s"], r["cloud_s"],
                                    {r["codec"]: r["bytes"]} if r["bytes"] else {}, LOGITS_BYTES)
                         for i, r in enumerate(eligible)]
             plan = best_plan(profiles, LinkEstimate(rate, rtt))
-            winner = min(eligible, key=lambda r: latencies[r["config"]])
-            cells.append({"rate_mbps": rate, "rtt_ms": rtt, "network_s": {str(k): v for k, v in net.items()},
-                          "latency_s": latencies, "winner": winner["config"],
-                          "winner_ms": 1e3 * latencies[winner["config"]], "planner_pick": plan.label,
-                          "planner_expected_ms": 1e3 * plan.expected_s})
-            print(f"{rate:g} Mbit/s, RTT {rtt:g} ms: fastest {winner['config']} "
+            winner = min(eligible, key=lambda r, lat=latencies: lat[r["config"]])
+            cells.append({"edge_slowdown": slowdown, "rate_mbps": rate, "rtt_ms": rtt,
+                          "network_s": {str(k): v for k, v in net.items()}, "latency_s": latencies,
+                          "winner": winner["config"], "winner_ms": 1e3 * latencies[winner["config"]],
+                          "planner_pick": plan.label, "planner_expected_ms": 1e3 * plan.expected_s})
+            print(f"edge ×{slowdown:g}, {rate:g} Mbit/s, RTT {rtt:g} ms: fastest {winner['config']} "
                   f"({1e3 * latencies[winner['config']]:.1f} ms); planner picks {plan.label}", flush=True)
     result = {"benchmark": "split_cnn", "model": "DigitResNet (edgecloud.split.cnn), MNIST-5k, seed 0",
               "test_images": 1000, "unsplit_accuracy": base, "max_loss_points": MAX_LOSS_POINTS,

@@ -110,8 +110,8 @@ def _msg(**fields) -> pb.Tensor:
     (_msg(), {"expected_shape": (None, 3)}, r"has 2 in dim 1; expected \(\*, 3\)"),
     (_msg(), {"allowed_dtypes": {torch.bfloat16, torch.float16}},
      r"dtype float32 is not accepted here \(allowed: bfloat16, float16\)"),
-    (_msg(codec=pb.CODEC_INT8), {}, "codec INT8 not supported by this build"),
-    (_msg(compression=pb.COMPRESSION_LZ4), {}, r"codec RAW\+LZ4 not supported by this build"),
+    (_msg(codec=pb.CODEC_FP8), {}, "codec FP8 not supported by this build"),
+    (_msg(compression=2), {}, r"codec RAW\+2 not supported by this build"),
     (_msg(codec=42), {}, "codec 42 not supported"),
 ], ids=lambda v: "" if not isinstance(v, str) else v[:30])
 def test_validation_errors(msg: pb.Tensor, kwargs: dict, message: str) -> None:
