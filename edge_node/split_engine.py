@@ -213,6 +213,7 @@ class CutChooser:
         self.alpha = alpha
         self.last: Decision | None = None
         self.last_observed_s = -math.inf  # time.monotonic() of the latest transfer measured
+        self.cloud_samples = 0  # tail calls that measured the cloud's compute per layer
 
     @property
     def fixed(self) -> bool:
@@ -234,8 +235,10 @@ class CutChooser:
         if layers and reply.compute_s > 0:
             per_layer = max(0.0, reply.compute_s - self.cloud_times.head_s) / layers
             if per_layer > 0:
-                layer_s = self.cloud_times.layer_s + self.alpha * (per_layer - self.cloud_times.layer_s)
+                alpha = self.alpha if self.cloud_samples else 1.0  # the first measurement replaces the assumption
+                layer_s = self.cloud_times.layer_s + alpha * (per_layer - self.cloud_times.layer_s)
                 self.cloud_times = LayerTimes(layer_s, self.cloud_times.head_s)
+                self.cloud_samples += 1
 
     def probe_due(self, interval_s: float) -> bool:
         """No transfer measured for ``interval_s`` (a plan that keeps everything on the edge measures none)."""
@@ -266,24 +269,29 @@ class SplitEngine:
         self._probe: asyncio.Task | None = None
 
     def probe_if_due(self, links: TailLinkFactory) -> None:
-        """While no request measures the link (all on the edge), measure it in the background now and then:
-        a stateless tail call of ``probe_positions`` positions at the last layer (the cloud runs only its
-        LM head), so that the plan can come back when the link recovers."""
+        """While no request measures the link and the cloud (all on the edge), measure both in the background
+        now and then (``_measure``), so that the plan can come back when the link recovers."""
         if not self.chooser.probe_due(self.probe_interval_s) or (self._probe is not None and not self._probe.done()):
             return
         self._probe = asyncio.get_running_loop().create_task(self._measure(links))
 
     async def _measure(self, links: TailLinkFactory) -> None:
+        """One position at the first candidate cut (the cloud's compute per layer), then ``probe_positions`` at
+        the last layer (nearly no compute: the link's bandwidth)."""
         layers = self.model.config.num_layers
-        link = links(layers, self.chooser.codecs[0])
-        try:
-            for positions in (1, self.probe_positions):  # two sizes: RTT and bandwidth apart
-                hidden = torch.zeros(1, positions, self.model.config.hidden_size, dtype=self.model.dtype)
-                self.chooser.observe(await link.run(hidden, 0, session_id=""), layers)
-        except DomainError as exc:
-            log.info("link probe failed: %s", exc)
-        finally:
-            await link.close()
+        first = min(self.chooser.cuts)
+        for cut, positions in ((first, 1), (layers, self.probe_positions)):
+            if cut == layers and positions == 1:
+                continue
+            hidden = torch.zeros(1, positions, self.model.config.hidden_size, dtype=self.model.dtype)
+            link = links(cut, self.chooser.codecs[0])
+            try:
+                self.chooser.observe(await link.run(hidden, 0, session_id=""), cut)
+            except DomainError as exc:
+                log.info("link probe failed: %s", exc)
+                return
+            finally:
+                await link.close()
 
     def check(self, temperature: float, draft_window: int, target_cloud_share: float | None) -> None:
         """What a split request cannot ask for (``ValueError`` says what)."""
