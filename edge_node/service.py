@@ -169,8 +169,16 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
             run = self.split.start(prompt_ids, links, max_new_tokens=request.max_tokens, started_s=arrived_s)
         except ValueError as exc:
             raise RequestTooLarge(str(exc)) from None
+        return self._then_probe(text_events(run, tokenizer, request.stop), cloud_address)
+
+    async def _then_probe(self, items: AsyncIterator[TextEvent | Accounting],
+                          cloud_address: str) -> AsyncIterator[TextEvent | Accounting]:
+        """``items``, then a link probe if one is due: after the request, so that the probe's timing does not
+        share the cores with this request's own compute."""
+        async with contextlib.aclosing(items) as stream:
+            async for item in stream:
+                yield item
         self.split.probe_if_due(lambda cut, codec: self.tail_link_factory(cloud_address, cut, codec))
-        return text_events(run, tokenizer, request.stop)
 
     async def GetStatus(self, request: pb.GetEdgeStatusRequest, context) -> pb.EdgeStatus:
         return pb.EdgeStatus(

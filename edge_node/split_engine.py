@@ -248,7 +248,9 @@ class CutChooser:
         if self.last is None:
             return "no split request yet"
         link = self.estimator.estimate
-        return f"{self.last.reason} [link estimate {link.bandwidth_mbps:.3g} Mbit/s, RTT {link.rtt_ms:.3g} ms]"
+        cloud = f"{self.cloud_times.layer_s * 1e3:.2f}" + ("" if self.cloud_samples else " (assumed)")
+        return (f"{self.last.reason} [link estimate {link.bandwidth_mbps:.3g} Mbit/s, RTT {link.rtt_ms:.3g} ms; "
+                f"ms per layer: edge {self.edge_times.layer_s * 1e3:.2f}, cloud {cloud}]")
 
 
 log = logging.getLogger(__name__)
@@ -280,13 +282,14 @@ class SplitEngine:
         the last layer (nearly no compute: the link's bandwidth)."""
         layers = self.model.config.num_layers
         first = min(self.chooser.cuts)
-        for cut, positions in ((first, 1), (layers, self.probe_positions)):
-            if cut == layers and positions == 1:
-                continue
+        calls = [(first, 1, False), (first, 1, True), (layers, self.probe_positions, True)]  # the first warms up
+        for cut, positions, observed in calls if first < layers else calls[2:]:
             hidden = torch.zeros(1, positions, self.model.config.hidden_size, dtype=self.model.dtype)
             link = links(cut, self.chooser.codecs[0])
             try:
-                self.chooser.observe(await link.run(hidden, 0, session_id=""), cut)
+                reply = await link.run(hidden, 0, session_id="")
+                if observed:
+                    self.chooser.observe(reply, cut)
             except DomainError as exc:
                 log.info("link probe failed: %s", exc)
                 return

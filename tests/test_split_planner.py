@@ -125,3 +125,16 @@ def test_link_estimator_with_calls_of_one_size_keeps_the_rtt() -> None:
     for nbytes, seconds in _calls(0.010, 1000, [500] * 16):  # transfers hidden in the RTT: no bandwidth
         estimator.observe(nbytes, seconds)
     assert estimator.estimate.bandwidth_mbps == pytest.approx(2, rel=0.05)
+
+
+def test_link_estimator_believes_recent_samples_after_a_recovery() -> None:
+    now = [0.0]
+    estimator = LinkEstimator(LinkEstimate(1, 300), half_life_s=10, clock=lambda: now[0])
+    for nbytes, seconds in _calls(0.300, 0.4, [24_000, 1_500] * 6):  # a collapsed link, probed for a minute
+        estimator.observe(nbytes, seconds)
+        now[0] += 5
+    now[0] += 20
+    for nbytes, seconds in _calls(0.024, 20, [24_000, 1_500]):  # one probe after the recovery
+        estimator.observe(nbytes, seconds)
+    link = estimator.estimate
+    assert link.rtt_ms < 60 and link.bandwidth_mbps > 5, link

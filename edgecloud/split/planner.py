@@ -15,8 +15,9 @@ wobbling around a crossover do not make it flap.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -156,35 +157,49 @@ class LinkEstimator:
     """Live RTT and bandwidth estimates from real transfers.
 
     Each call reports the bytes it moved and its network time (wall time minus the peer's compute).
-    Over the last ``window`` calls, network time = RTT + bytes × 8 / bandwidth is fitted by least
-    squares when the calls' sizes differ enough (prefill chunks beside decode steps); with calls of
-    one size, the RTT is kept and the bandwidth follows from the mean. A transfer too short to tell
-    from the RTT noise gives no bandwidth (the estimate stays).
+    Over the last ``window`` calls, weighted by recency (a sample's weight halves every
+    ``half_life_s``, and one older than twice that is dropped while two newer remain, so that a link
+    that changed is believed soon), network time = RTT + bytes × 8 /
+    bandwidth is fitted by least squares when the calls' sizes differ enough (prefill chunks beside
+    decode steps); with calls of one size, the RTT is kept and the bandwidth follows from the mean.
+    A transfer too short to tell from the RTT noise only bounds the bandwidth from below.
     """
 
-    def __init__(self, initial: LinkEstimate, *, window: int = 16, min_transfer_s: float = 0.002) -> None:
+    def __init__(self, initial: LinkEstimate, *, window: int = 16, min_transfer_s: float = 0.002,
+                 half_life_s: float = 15.0, clock: Callable[[], float] = time.monotonic) -> None:
         if window < 2:
             raise ValueError(f"window must be >= 2, got {window}")
+        if half_life_s <= 0:
+            raise ValueError(f"half_life_s must be > 0, got {half_life_s}")
         self.rtt_ms = initial.rtt_ms
         self.bandwidth_mbps = initial.bandwidth_mbps
         self.min_transfer_s = min_transfer_s
-        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self.half_life_s = half_life_s
+        self.clock = clock
+        self._samples: deque[tuple[float, int, float]] = deque(maxlen=window)  # (when, bytes, seconds)
 
     def observe(self, nbytes: int, network_s: float) -> None:
         """One call that moved ``nbytes`` (both ways) in ``network_s`` seconds of network time."""
         if nbytes < 0 or not (network_s >= 0 and math.isfinite(network_s)):
             return
-        self._samples.append((nbytes, network_s))
+        now = self.clock()
+        self._samples.append((now, nbytes, network_s))
+        while len(self._samples) > 2 and now - self._samples[0][0] > 2 * self.half_life_s:
+            self._samples.popleft()  # stale: the newer ones describe the link as it is
         self._fit()
 
     def _fit(self) -> None:
-        sizes = [b for b, _ in self._samples]
-        times = [t for _, t in self._samples]
-        n = len(sizes)
-        mean_b, mean_t = sum(sizes) / n, sum(times) / n
-        if n >= 4 and max(sizes) >= 2 * max(1, min(sizes)):
-            var = sum((b - mean_b) ** 2 for b in sizes)
-            slope = sum((b - mean_b) * (t - mean_t) for b, t in self._samples) / var  # s per byte
+        now = self.clock()
+        weights = [0.5 ** ((now - when) / self.half_life_s) for when, _, _ in self._samples]
+        sizes = [b for _, b, _ in self._samples]
+        times = [t for _, _, t in self._samples]
+        total = sum(weights)
+        mean_b = sum(w * b for w, b in zip(weights, sizes, strict=True)) / total
+        mean_t = sum(w * t for w, t in zip(weights, times, strict=True)) / total
+        if len(sizes) >= 2 and max(sizes) >= 2 * max(1, min(sizes)):
+            var = sum(w * (b - mean_b) ** 2 for w, b in zip(weights, sizes, strict=True))
+            cov = sum(w * (b - mean_b) * (t - mean_t) for w, b, t in zip(weights, sizes, times, strict=True))
+            slope = cov / var if var > 0 else 0.0  # seconds per byte
             if slope > 0:
                 self.bandwidth_mbps = 8 / slope / 1e6
                 self.rtt_ms = max(0.0, mean_t - slope * mean_b) * 1e3
