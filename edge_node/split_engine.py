@@ -15,6 +15,7 @@ import logging
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -64,7 +65,7 @@ class SplitRun:
 
     def __init__(self, head: SplitHead, link: TailLink | None, prompt_ids: Sequence[int], *, max_new_tokens: int,
                  stop_ids: Sequence[int] = (), chunk_tokens: int = 128, started_s: float | None = None,
-                 max_replays: int = 3, on_reply: Callable[[TailReply], None] | None = None) -> None:
+                 max_replays: int = 3, on_reply: Callable[[TailReply, int], None] | None = None) -> None:
         """``link`` None: the head holds every layer and the LM head runs here too (nothing crosses)."""
         if not prompt_ids:
             raise ValueError("the prompt is empty")
@@ -179,7 +180,7 @@ class SplitRun:
         acc.cloud_compute_s += reply.compute_s
         acc.network_s += reply.network_s
         if self.on_reply is not None:
-            self.on_reply(reply)
+            self.on_reply(reply, hidden.shape[1])
         return reply
 
 
@@ -191,12 +192,13 @@ class CutChooser:
     the live link estimate and the cloud's measured per-layer compute.
 
     ``cuts``/``codecs`` with one entry each fix the choice. The cloud's layer time starts at the edge's
-    divided by ``cloud_speedup`` and then follows the tail's reported compute (moving average).
+    divided by ``cloud_speedup`` and then is the least of the last ``samples`` one-position tail calls'
+    reported compute per layer (a busy moment of a shared cloud inflates single calls, never shrinks them).
     """
 
     def __init__(self, model: LlamaModel, cuts: Sequence[int], codecs: Sequence[str], *,
                  bytes_per_step: dict[str, int], edge_times: LayerTimes, cloud_speedup: float = 1.0,
-                 link: LinkEstimate | None = None, margin: float = 0.15, alpha: float = 0.3) -> None:
+                 link: LinkEstimate | None = None, margin: float = 0.15, samples: int = 8) -> None:
         if not cuts or not codecs:
             raise ValueError("a split model needs at least one cut and one codec")
         if cloud_speedup <= 0:
@@ -210,10 +212,9 @@ class CutChooser:
         self.cloud_times = LayerTimes(edge_times.layer_s / cloud_speedup, edge_times.head_s / cloud_speedup)
         self.estimator = LinkEstimator(link or INITIAL_LINK)
         self.planner = SplitPlanner(self._profiles(), codecs=self.codecs, margin=margin)
-        self.alpha = alpha
+        self._cloud_layer_s: deque[float] = deque(maxlen=samples)
         self.last: Decision | None = None
         self.last_observed_s = -math.inf  # time.monotonic() of the latest transfer measured
-        self.cloud_samples = 0  # tail calls that measured the cloud's compute per layer
 
     @property
     def fixed(self) -> bool:
@@ -227,18 +228,21 @@ class CutChooser:
         self.last = self.planner.update(self.estimator.estimate)
         return self.last
 
-    def observe(self, reply: TailReply, cut: int) -> None:
-        """A tail call's figures: link time for the estimator; compute per tail layer for the cloud's profile."""
+    @property
+    def cloud_samples(self) -> int:
+        return len(self._cloud_layer_s)
+
+    def observe(self, reply: TailReply, cut: int, positions: int = 1) -> None:
+        """A tail call's figures: link time for the estimator; a one-position call's compute per tail layer
+        for the cloud's decode profile (a prefill chunk's is not a decode step's)."""
         self.estimator.observe(reply.bytes_up + reply.bytes_down, reply.network_s)
         self.last_observed_s = time.monotonic()
         layers = self.num_layers - cut
-        if layers and reply.compute_s > 0:
+        if layers and positions == 1 and reply.compute_s > 0:
             per_layer = max(0.0, reply.compute_s - self.cloud_times.head_s) / layers
             if per_layer > 0:
-                alpha = self.alpha if self.cloud_samples else 1.0  # the first measurement replaces the assumption
-                layer_s = self.cloud_times.layer_s + alpha * (per_layer - self.cloud_times.layer_s)
-                self.cloud_times = LayerTimes(layer_s, self.cloud_times.head_s)
-                self.cloud_samples += 1
+                self._cloud_layer_s.append(per_layer)
+                self.cloud_times = LayerTimes(min(self._cloud_layer_s), self.cloud_times.head_s)
 
     def probe_due(self, interval_s: float) -> bool:
         """No transfer measured for ``interval_s`` (a plan that keeps everything on the edge measures none)."""
@@ -282,14 +286,15 @@ class SplitEngine:
         the last layer (nearly no compute: the link's bandwidth)."""
         layers = self.model.config.num_layers
         first = min(self.chooser.cuts)
-        calls = [(first, 1, False), (first, 1, True), (layers, self.probe_positions, True)]  # the first warms up
-        for cut, positions, observed in calls if first < layers else calls[2:]:
+        calls = [(first, 1, False), (first, 1, True), (first, 1, True),  # the first only warms the cloud up
+                 (layers, self.probe_positions, True)]
+        for cut, positions, observed in calls if first < layers else calls[-1:]:
             hidden = torch.zeros(1, positions, self.model.config.hidden_size, dtype=self.model.dtype)
             link = links(cut, self.chooser.codecs[0])
             try:
                 reply = await link.run(hidden, 0, session_id="")
                 if observed:
-                    self.chooser.observe(reply, cut)
+                    self.chooser.observe(reply, cut, positions)
             except DomainError as exc:
                 log.info("link probe failed: %s", exc)
                 return
@@ -315,7 +320,7 @@ class SplitEngine:
         run = SplitRun(SplitHead(self.model, plan.cut), None if local else links(plan.cut, plan.codec), prompt_ids,
                        max_new_tokens=max_new_tokens, stop_ids=self.tokenizer.eos_token_ids,
                        chunk_tokens=self.chunk_tokens, started_s=started_s,
-                       on_reply=lambda reply: self.chooser.observe(reply, plan.cut))
+                       on_reply=lambda reply, positions: self.chooser.observe(reply, plan.cut, positions))
         acc = run.accounting
         acc.split_cut, acc.split_codec = plan.cut, plan.codec
         acc.split_plan = "fixed by the node's --split-cuts and --split-codecs" if self.chooser.fixed \

@@ -225,3 +225,12 @@ def test_a_plan_that_keeps_everything_on_the_edge_probes_the_link_to_come_back(l
             await engine._probe
     asyncio.run(go())
     assert chooser.choose().plan.cut == 0
+
+
+def test_only_one_position_calls_measure_the_clouds_decode_speed(llm) -> None:
+    chooser = _chooser(llm, link=LinkEstimate(1000, 1))
+    chooser.observe(TailReply(0, 3 * 0.400, 40_000, 0, 0.002, 40), cut=0, positions=40)  # a prefill chunk
+    assert chooser.cloud_samples == 0
+    for compute_s in (0.031, 0.016, 0.040):  # one busy moment among decode steps
+        chooser.observe(TailReply(0, compute_s, 1000, 0, 0.001, 41), cut=0)
+    assert chooser.cloud_times.layer_s == pytest.approx((0.016 - 0.001) / 3)
