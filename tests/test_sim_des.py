@@ -318,7 +318,14 @@ def test_bad_input_gets_clear_errors(tmp_path, capsys) -> None:
 
 
 SIMULATOR = Path(__file__).resolve().parent.parent / "simulator"
-EXPERIMENTS = [*sorted(SIMULATOR.glob("experiments/*.toml")), SIMULATOR / "des/examples/city-fleet.toml"]
+SPLIT_EXPERIMENTS = [SIMULATOR / "experiments/split-uplink-collapse.toml"]  # real daemons only
+EXPERIMENTS = [*sorted(p for p in SIMULATOR.glob("experiments/*.toml") if p not in SPLIT_EXPERIMENTS),
+               SIMULATOR / "des/examples/city-fleet.toml"]
+
+
+def test_split_experiments_are_refused_by_the_fleet_mode_with_a_reason() -> None:
+    with pytest.raises(ConfigError, match="real daemons only"):
+        run_fleet(SPLIT_EXPERIMENTS[0], devices=4, requests=4, traces=TRACES)
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)

@@ -79,6 +79,9 @@ def _groups(experiment: Experiment, traces: TraceSet, setup: FleetExperiment, se
     for name in names:
         index, edge = next((i, e) for i, e in enumerate(experiment.edges) if e.name == name)
         threshold = edge.threshold
+        if edge.split_model is not None:
+            raise ConfigError(("edges", index, "policy"), "fleet mode (--des) simulates hybrid routing; policy "
+                              "'split' runs on the real daemons only (edgecloud simulate without --des)")
         try:
             if edge.cloud_share is not None:
                 threshold = calibrate_threshold(edge.policy, traces.traces, edge.cloud_share)
