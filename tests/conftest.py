@@ -231,3 +231,11 @@ def tiny_cluster(tmp_path_factory, make_tiny_pair):
             time.sleep(0.1)
         yield {"client": client, "coordinator": coordinator, "cloud": cloud, "edge": edge, "folders": folders}
         client.close()
+
+
+@pytest.fixture(scope="session")
+def real_llm_folder() -> Path:
+    """The real Qwen2.5-Coder-1.5B (slow tests; pulled on first use)."""
+    from edgecloud.models import zoo
+
+    return zoo.pull("qwen2.5-coder-1.5b-instruct", progress=False)

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgecloud.models import zoo
 from edgecloud.models.generate import generate_ids
 from edgecloud.models.loader import load_model
 from edgecloud.models.sharded import write_shards
@@ -21,8 +20,8 @@ TOKENS = 32
 
 
 @pytest.fixture(scope="module")
-def folder() -> Path:
-    return zoo.pull("qwen2.5-coder-1.5b-instruct", progress=False)
+def folder(real_llm_folder) -> Path:
+    return real_llm_folder
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ middle cut with a lossless codec equals the whole model's (bf16 on both sides, s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -21,12 +19,8 @@ PROMPT = "Write a Python function that checks whether a string is a palindrome."
 TOKENS = 16
 
 
-@pytest.fixture(scope="module")
-def folder() -> Path:
-    return zoo.pull("qwen2.5-coder-1.5b-instruct", progress=False)
-
-
-def test_real_model_split_through_the_daemons_equals_the_whole_model(folder, tmp_path) -> None:
+def test_real_model_split_through_the_daemons_equals_the_whole_model(real_llm_folder, tmp_path) -> None:
+    folder = real_llm_folder
     tokenizer = Tokenizer.from_folder(folder)
     model = load_model(folder, dtype=torch.bfloat16)
     expected = list(generate_ids(model, tokenizer.prompt_ids(PROMPT), max_new_tokens=TOKENS,
