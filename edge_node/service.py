@@ -23,7 +23,7 @@ from edgecloud.edge_node.engine import (
 from edgecloud.edge_node.split_engine import SPLIT_POLICY, SplitEngine, TailLink, TailLinkFactory
 from edgecloud.errors import DomainError, PermissionDenied, PreconditionFailed, clip, status_for
 from edgecloud.routing.policies import POLICIES
-from edgecloud.routing.router import CLOUD, Accounting
+from edgecloud.routing.router import CLOUD, DEGRADED, EDGE, Accounting
 from edgecloud.summary import to_proto as summary_to_proto
 from edgecloud.v1 import common_pb2, generation_pb2
 from edgecloud.v1 import edge_node_pb2 as pb
@@ -32,6 +32,7 @@ from edgecloud.v1 import edge_node_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 LinkFactory = Callable[[str, GenerationRequest], GrpcCloudLink]
+WIRE_SOURCES = {EDGE: common_pb2.SOURCE_EDGE, CLOUD: common_pb2.SOURCE_CLOUD, DEGRADED: common_pb2.SOURCE_EDGE_DEGRADED}
 
 
 def request_from_proto(msg: generation_pb2.GenerateRequest, *, default_prefetch: bool = False) -> GenerationRequest:
@@ -125,7 +126,7 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
                         accounting = next((item for item in batch if isinstance(item, Accounting)), None)
                         events = []
                         for item in tokens:
-                            source = common_pb2.SOURCE_CLOUD if item.source == CLOUD else common_pb2.SOURCE_EDGE
+                            source = WIRE_SOURCES[item.source]
                             events.append(generation_pb2.GenerateEvent(
                                 text=item.text, token_id=item.token_id, source=source, checked=item.checked,
                                 index=index))

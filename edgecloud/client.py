@@ -29,7 +29,9 @@ from edgecloud.v1 import coordinator_pb2_grpc as coord_grpc
 from edgecloud.v1 import edge_node_pb2 as edge_pb
 from edgecloud.v1 import edge_node_pb2_grpc as edge_grpc
 
-SOURCES = {common_pb2.SOURCE_EDGE: "edge", common_pb2.SOURCE_CLOUD: "cloud"}
+# "degraded": an edge token written while the cloud could not be reached (the request finished SLM-only there).
+SOURCES = {common_pb2.SOURCE_EDGE: "edge", common_pb2.SOURCE_CLOUD: "cloud",
+           common_pb2.SOURCE_EDGE_DEGRADED: "degraded"}
 Target = Literal["auto", "coordinator", "edge"]
 
 
@@ -44,7 +46,8 @@ class EdgecloudError(RuntimeError):
 
 @dataclass(frozen=True)
 class TokenEvent:
-    """One generated token: its text, id and who produced it (``"edge"`` or ``"cloud"``)."""
+    """One generated token: its text, id and who produced it (``"edge"``, ``"cloud"``, or ``"degraded"``: the
+    edge alone while the cloud could not be reached)."""
 
     text: str
     token_id: int  # -1: no token, only text held back for an incomplete character

@@ -24,6 +24,7 @@ from edgecloud.routing.policies import QueryPolicy, RoutingPolicy, SlmOnly
 
 EDGE = "edge"
 CLOUD = "cloud"
+DEGRADED = "degraded"  # an edge token written while the cloud could not be reached (not checked)
 
 
 class EdgeDrafter(Protocol):
@@ -114,6 +115,9 @@ class Accounting:
     split_cut: int = 0  # split computing: layers run on the edge
     split_codec: str = ""  # the activation codec at the cut
     split_plan: str = ""  # why the planner chose them
+    degraded_tokens: int = 0  # edge tokens written alone while the cloud was unreachable (in edge_tokens too)
+    cloud_failures: int = 0  # cloud calls that failed (the cloud died, hung or was unreachable)
+    cloud_switches: int = 0  # moves of the cloud session to another cloud node
 
     @property
     def round_trips(self) -> int:

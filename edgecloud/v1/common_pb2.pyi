@@ -12,6 +12,7 @@ class Source(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SOURCE_UNSPECIFIED: _ClassVar[Source]
     SOURCE_EDGE: _ClassVar[Source]
     SOURCE_CLOUD: _ClassVar[Source]
+    SOURCE_EDGE_DEGRADED: _ClassVar[Source]
 
 class NodeRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -30,6 +31,7 @@ class Capability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 SOURCE_UNSPECIFIED: Source
 SOURCE_EDGE: Source
 SOURCE_CLOUD: Source
+SOURCE_EDGE_DEGRADED: Source
 NODE_ROLE_UNSPECIFIED: NodeRole
 NODE_ROLE_EDGE: NodeRole
 NODE_ROLE_CLOUD: NodeRole

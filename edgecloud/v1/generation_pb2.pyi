@@ -72,7 +72,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., target_cloud_share: _Optional[float] = ..., session_id: _Optional[str] = ..., stop: _Optional[_Iterable[str]] = ..., chat: _Optional[bool] = ..., assistant_prefix: _Optional[str] = ..., edge_model: _Optional[str] = ..., cloud_model: _Optional[str] = ..., edge_node_id: _Optional[str] = ..., cloud_address: _Optional[str] = ..., draft_window: _Optional[int] = ..., cloud_prefetch: _Optional[bool] = ..., batched_events: _Optional[bool] = ...) -> None: ...
 
 class GenerationSummary(_message.Message):
-    __slots__ = ("edge_tokens", "cloud_tokens", "checked_tokens", "drafted_tokens", "cloud_round_trips", "bytes_up", "bytes_down", "edge_compute_s", "cloud_compute_s", "network_s", "wall_s", "cloud_share", "finish_reason", "prompt_tokens", "policy", "threshold", "window_sizes", "edge_node_id", "cloud_node_id", "cloud_background_calls", "time_to_first_token_s", "split_cut", "split_codec", "split_plan")
+    __slots__ = ("edge_tokens", "cloud_tokens", "checked_tokens", "drafted_tokens", "cloud_round_trips", "bytes_up", "bytes_down", "edge_compute_s", "cloud_compute_s", "network_s", "wall_s", "cloud_share", "finish_reason", "prompt_tokens", "policy", "threshold", "window_sizes", "edge_node_id", "cloud_node_id", "cloud_background_calls", "time_to_first_token_s", "split_cut", "split_codec", "split_plan", "degraded_tokens", "cloud_failures", "cloud_switches")
     EDGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CLOUD_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CHECKED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,9 @@ class GenerationSummary(_message.Message):
     SPLIT_CUT_FIELD_NUMBER: _ClassVar[int]
     SPLIT_CODEC_FIELD_NUMBER: _ClassVar[int]
     SPLIT_PLAN_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_SWITCHES_FIELD_NUMBER: _ClassVar[int]
     edge_tokens: int
     cloud_tokens: int
     checked_tokens: int
@@ -121,7 +124,10 @@ class GenerationSummary(_message.Message):
     split_cut: int
     split_codec: str
     split_plan: str
-    def __init__(self, edge_tokens: _Optional[int] = ..., cloud_tokens: _Optional[int] = ..., checked_tokens: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., cloud_round_trips: _Optional[int] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., edge_compute_s: _Optional[float] = ..., cloud_compute_s: _Optional[float] = ..., network_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., cloud_share: _Optional[float] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., window_sizes: _Optional[_Iterable[int]] = ..., edge_node_id: _Optional[str] = ..., cloud_node_id: _Optional[str] = ..., cloud_background_calls: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., split_cut: _Optional[int] = ..., split_codec: _Optional[str] = ..., split_plan: _Optional[str] = ...) -> None: ...
+    degraded_tokens: int
+    cloud_failures: int
+    cloud_switches: int
+    def __init__(self, edge_tokens: _Optional[int] = ..., cloud_tokens: _Optional[int] = ..., checked_tokens: _Optional[int] = ..., drafted_tokens: _Optional[int] = ..., cloud_round_trips: _Optional[int] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., edge_compute_s: _Optional[float] = ..., cloud_compute_s: _Optional[float] = ..., network_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., cloud_share: _Optional[float] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., policy: _Optional[str] = ..., threshold: _Optional[float] = ..., window_sizes: _Optional[_Iterable[int]] = ..., edge_node_id: _Optional[str] = ..., cloud_node_id: _Optional[str] = ..., cloud_background_calls: _Optional[int] = ..., time_to_first_token_s: _Optional[float] = ..., split_cut: _Optional[int] = ..., split_codec: _Optional[str] = ..., split_plan: _Optional[str] = ..., degraded_tokens: _Optional[int] = ..., cloud_failures: _Optional[int] = ..., cloud_switches: _Optional[int] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
     __slots__ = ("text", "token_id", "source", "checked", "index", "summary", "more")
