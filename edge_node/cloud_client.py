@@ -62,6 +62,7 @@ class GrpcCloudLink:
         self._pushed = 0  # leading tokens of the router's unseen list already pushed in the background
         self._push: asyncio.Task | None = None
         self._background = _Background()
+        self._restart = False  # the next verify rebuilds the session from scratch
 
     def prefetch(self, unseen: list[int]) -> None:
         """Push unseen context in the background (OpenSession with it, then Extend), a batch at a time."""
@@ -95,23 +96,41 @@ class GrpcCloudLink:
             await push
         except (grpc.aio.AioRpcError, DomainError, OSError) as exc:
             log.warning("background context push failed (%s); replaying into a new session", exc)
-            replay, self.cloud_tokens, self.session_id = self.cloud_tokens + context, [], ""
-            self.replays += 1
-            return replay
+            return self._replay(context)
         return context[pushed:]
+
+    def _replay(self, context: list[int]) -> list[int]:
+        """Forget the cloud session; the context that rebuilds it: every token it held, then ``context``."""
+        replay, self.cloud_tokens, self.session_id = self.cloud_tokens + context, [], ""
+        self.replays += 1
+        return replay
+
+    def restart(self, stub: pb_grpc.CloudNodeStub | None = None) -> None:
+        """After a failed call (the cloud may or may not have applied it): the next ``verify`` opens a new
+        session, on ``stub`` if given (another cloud node), with every token the old one held."""
+        if self._push is not None:
+            self._push.cancel()
+            self._push = None
+        self._pushed = 0
+        self._restart = True
+        self.session_id = ""  # the old one is left to expire (its cloud may be gone)
+        if stub is not None:
+            self.stub = stub
 
     async def verify(self, context: list[int], draft: list[int]) -> LinkVerdict:
         context = await self._settle_push(context)
+        if self._restart:
+            self._restart = False
+            context = self._replay(context)
         started = time.perf_counter()
         request = self._request(context, draft)
         bytes_up = request.ByteSize()
         try:
             reply = await self._call(request)
         except _SessionGone:
-            context = self.cloud_tokens + context  # the whole session, not just what is new
-            log.warning("cloud session %s is gone; replaying %d tokens", self.session_id, len(context))
-            self.replays += 1
-            self.session_id, self.cloud_tokens = "", []
+            log.warning("cloud session %s is gone; replaying %d tokens", self.session_id,
+                        len(self.cloud_tokens) + len(context))
+            context = self._replay(context)  # the whole session, not just what is new
             request = self._request(context, draft)
             bytes_up += request.ByteSize()
             reply = await self._call(request)

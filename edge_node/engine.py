@@ -251,16 +251,19 @@ class EdgeEngine:
         policy = policy or self.validate(request)
         prompt_ids = prompt_ids if prompt_ids is not None else self.prompt_ids(request)
         sampling = SamplingParams(temperature=request.temperature, seed=request.seed)
-        drafter = None
-        if policy.uses_edge_draft:
-            drafter = ThreadedDrafter(Drafter(self.model, prompt_ids, sampling=sampling,
-                                              with_hidden=policy.needs_hidden, prefill=False,
-                                              capacity=len(prompt_ids) + request.max_tokens, arena=self.arena),
-                                      self.scheduler)
-            await drafter.prefill(self.limits.prefill_chunk_tokens)
+        capacity = len(prompt_ids) + request.max_tokens
+
+        async def drafter_for(tokens: list[int], with_hidden: bool = False) -> ThreadedDrafter:
+            """An SLM drafter with ``tokens`` cached (the prompt; or, when the cloud is down, all so far)."""
+            made = ThreadedDrafter(Drafter(self.model, tokens, sampling=sampling, with_hidden=with_hidden,
+                                           prefill=False, capacity=capacity, arena=self.arena), self.scheduler)
+            await made.prefill(self.limits.prefill_chunk_tokens)
+            return made
+
+        drafter = await drafter_for(prompt_ids, policy.needs_hidden) if policy.uses_edge_draft else None
         router = HybridRouter(policy, cloud(request), prompt_ids, drafter=drafter,
                               max_new_tokens=request.max_tokens, stop_ids=self.tokenizer.eos_token_ids,
-                              prefetch=request.cloud_prefetch, started_s=arrived_s)
+                              prefetch=request.cloud_prefetch, started_s=arrived_s, fallback=drafter_for)
         async with aclosing(text_events(router, self.tokenizer, request.stop)) as items:
             async for item in items:
                 yield item

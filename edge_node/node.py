@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Collection
 
+import grpc
 import torch
 
 from edgecloud import rpc
 from edgecloud.daemon import CoordinatorAgent, NodeIdentity, serve_node
-from edgecloud.edge_node.cloud_client import GrpcCloudLink
+from edgecloud.edge_node.cloud_failover import CloudHealth, FailoverCloudLink
 from edgecloud.edge_node.config import EdgeConfig
 from edgecloud.edge_node.engine import EdgeEngine, EngineLimits, GenerationRequest
 from edgecloud.edge_node.service import EdgeNodeServicer
@@ -21,26 +23,44 @@ from edgecloud.models.loader import load_model, model_display_name, resolve_sour
 from edgecloud.models.tokenizer import Tokenizer
 from edgecloud.routing.reward import RewardHead
 from edgecloud.split.llm import check_cut, step_bytes, time_decode_step
-from edgecloud.v1 import cloud_node_pb2_grpc, common_pb2, edge_node_pb2_grpc
+from edgecloud.v1 import cloud_node_pb2, cloud_node_pb2_grpc, common_pb2, edge_node_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 
 MAX_MESSAGE_BYTES = 4 * 2**20  # requests carry text, not tensors
 MAX_CLOUD_CHANNELS = 8
+PROBE_TIMEOUT_S = 1.0  # a cloud that was down is retried only once it answers a status call this fast
 
 
 class CloudChannels:
     """gRPC channels to cloud nodes, one per address, shared by all requests to it (the least
-    recently used is closed beyond ``max_channels``)."""
+    recently used is closed beyond ``max_channels``), and what this edge knows of the clouds' health.
 
-    def __init__(self, security: rpc.SecurityConfig, timeout_s: float, max_channels: int = MAX_CLOUD_CHANNELS) -> None:
+    ``candidates()``: the clouds a request may move to when its own is down.
+    """
+
+    def __init__(self, security: rpc.SecurityConfig, timeout_s: float, max_channels: int = MAX_CLOUD_CHANNELS,
+                 *, candidates: Callable[[], Collection[str]] = tuple, health: CloudHealth | None = None) -> None:
         self.timeout_s = timeout_s
+        self.candidates = candidates
+        self.health = health or CloudHealth()
         self._pool = rpc.ChannelPool(security, max_channels=max_channels)
 
-    def link(self, address: str, request: GenerationRequest) -> GrpcCloudLink:
-        stub = cloud_node_pb2_grpc.CloudNodeStub(self._pool.get(address))
-        return GrpcCloudLink(stub, temperature=request.temperature, seed=request.seed, timeout_s=self.timeout_s)
+    def stub(self, address: str) -> cloud_node_pb2_grpc.CloudNodeStub:
+        return cloud_node_pb2_grpc.CloudNodeStub(self._pool.get(address))
+
+    def link(self, address: str, request: GenerationRequest) -> FailoverCloudLink:
+        return FailoverCloudLink(address, self.stub, self.health, candidates=self.candidates, probe=self.answers,
+                                 temperature=request.temperature, seed=request.seed, timeout_s=self.timeout_s)
+
+    async def answers(self, address: str) -> bool:
+        """Whether the cloud at ``address`` answers a status call within ``PROBE_TIMEOUT_S``."""
+        try:
+            await self.stub(address).GetStatus(cloud_node_pb2.GetCloudStatusRequest(), timeout=PROBE_TIMEOUT_S)
+        except grpc.aio.AioRpcError:
+            return False
+        return True
 
     def tail_link(self, address: str, cut: int, codec: str) -> GrpcTailLink:
         """A link to the tail of the split model, cut after ``cut`` layers, on the cloud node at ``address``."""
@@ -86,12 +106,16 @@ async def serve(config: EdgeConfig) -> None:
                           max_active_requests=config.max_active_requests)
     engine = EdgeEngine(model, Tokenizer.from_folder(folder), limits=limits, reward_head=reward_head,
                         model_name=model_name)
-    channels = CloudChannels(config.security, config.cloud_timeout_s)
     agents: list[CoordinatorAgent] = []  # the coordinator link, once serve_node has started it
 
     def allowed_clouds() -> set[str]:
         registered = agents[0].cloud_addresses if agents else ()
         return {*config.allowed_clouds, *registered}
+
+    def failover_clouds() -> set[str]:  # where a request whose cloud is down may move
+        return {*allowed_clouds(), *([config.cloud] if config.cloud else [])}
+
+    channels = CloudChannels(config.security, config.cloud_timeout_s, candidates=failover_clouds)
 
     async def refresh_clouds() -> None:
         if agents:

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from edgecloud import __version__
 from edgecloud.coalesce import coalesced
-from edgecloud.edge_node.cloud_client import GrpcCloudLink
+from edgecloud.edge_node.cloud_failover import FailoverCloudLink
 from edgecloud.edge_node.engine import (
     EdgeEngine,
     GenerationRequest,
@@ -31,7 +31,7 @@ from edgecloud.v1 import edge_node_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-LinkFactory = Callable[[str, GenerationRequest], GrpcCloudLink]
+LinkFactory = Callable[[str, GenerationRequest], FailoverCloudLink]
 WIRE_SOURCES = {EDGE: common_pb2.SOURCE_EDGE, CLOUD: common_pb2.SOURCE_CLOUD, DEGRADED: common_pb2.SOURCE_EDGE_DEGRADED}
 
 
@@ -95,7 +95,7 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
 
     async def Generate(self, request: generation_pb2.GenerateRequest, context):
         arrived_s = time.perf_counter()
-        links: list[GrpcCloudLink] = []
+        links: list[FailoverCloudLink | TailLink] = []
         index = 0
         try:
             domain = request_from_proto(request, default_prefetch=self.default_prefetch)
@@ -103,7 +103,7 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
             self._split_check(domain) if split else self.engine.check(domain)
             cloud_address = await self._cloud_for(request, domain.policy)
 
-            def make_link(req: GenerationRequest) -> GrpcCloudLink:
+            def make_link(req: GenerationRequest) -> FailoverCloudLink:
                 links.append(self.link_factory(cloud_address, req))
                 return links[-1]
 

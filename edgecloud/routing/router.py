@@ -15,7 +15,7 @@ with the verdict and takes its place.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -69,10 +69,24 @@ class LinkVerdict:
     bytes_up: int = 0  # including background context pushes since the last verdict
     bytes_down: int = 0
     background_calls: int = 0  # context pushes overlapped with edge drafting since the last verdict
+    cloud_switches: int = 0  # moves of the session to another cloud node since the last verdict
+
+
+class CloudDown(Exception):
+    """The cloud cannot verify now (dead, hung, unreachable): the router writes the tokens itself.
+
+    ``attempted``: a call was made and failed (False: the link did not try, the cloud is known to be
+    down and its retry backoff has not passed).
+    """
+
+    def __init__(self, message: str, *, attempted: bool) -> None:
+        super().__init__(message)
+        self.attempted = attempted
 
 
 class CloudLink(Protocol):
-    async def verify(self, context: list[int], draft: list[int]) -> LinkVerdict: ...
+    async def verify(self, context: list[int], draft: list[int]) -> LinkVerdict:
+        """Send the unseen ``context`` and check ``draft``; ``CloudDown`` when the cloud cannot be reached."""
 
     def prefetch(self, unseen: list[int]) -> None:
         """May push ``unseen`` context to the cloud in the background (so a later verify sends less)."""
@@ -84,7 +98,7 @@ class CloudLink(Protocol):
 @dataclass(frozen=True)
 class TokenEvent:
     token_id: int
-    source: str  # EDGE or CLOUD: who produced the token
+    source: str  # EDGE, CLOUD or DEGRADED: who produced the token
     checked: bool  # an edge token the cloud verified
 
 
@@ -163,12 +177,21 @@ class _EdgeKeeps:
         return not self.decisions[-1] and draft not in self.stop_ids
 
 
+DrafterFactory = Callable[[list[int]], Awaitable[EdgeDrafter]]
+
+
 class HybridRouter:
-    """Generates one request's tokens; iterate ``run()`` for the events, then read ``accounting``."""
+    """Generates one request's tokens; iterate ``run()`` for the events, then read ``accounting``.
+
+    When the cloud is down (``CloudDown``) the edge writes what the cloud would have: a flagged window is
+    kept as drafted, a cloud token is drafted by the SLM (``fallback`` builds a drafter from the tokens so
+    far when the policy has none); those tokens are DEGRADED. The next flagged token tries the cloud again.
+    """
 
     def __init__(self, policy: RoutingPolicy, cloud: CloudLink, prompt_ids: list[int], *,
                  drafter: EdgeDrafter | None, max_new_tokens: int, stop_ids: Iterable[int] = (),
-                 prefetch: bool = False, started_s: float | None = None) -> None:
+                 prefetch: bool = False, started_s: float | None = None,
+                 fallback: DrafterFactory | None = None) -> None:
         if max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
         if policy.uses_edge_draft and drafter is None:
@@ -182,6 +205,9 @@ class HybridRouter:
         self.prefetch = prefetch and policy.name not in ("slm-only", "llm-only", "speculative")
         self.accounting = Accounting(prompt_tokens=len(prompt_ids))
         self._unseen = list(prompt_ids)  # tokens the cloud has not seen yet
+        self._tokens = list(prompt_ids)  # the prompt and every output token so far
+        self._fallback = fallback
+        self._fallback_made: EdgeDrafter | None = None  # what ``fallback`` built, once the cloud was down
         self._emitted = 0
         self._done = False
         self._started_s = started_s  # perf_counter() when the request arrived (default: when run() starts)
@@ -206,8 +232,8 @@ class HybridRouter:
             if self.prefetch:
                 self._account(await self.cloud.settle())
             self.accounting.wall_s = time.perf_counter() - self._started_s
-            if self.drafter is not None:
-                self.accounting.edge_compute_s = self.drafter.compute_s
+            drafters = {id(d): d for d in (self.drafter, self._fallback_drafter()) if d is not None}
+            self.accounting.edge_compute_s = sum(d.compute_s for d in drafters.values())
 
     def _emit(self, token: int, source: str, checked: bool) -> TokenEvent | None:
         """Account for a final token; None (and done) at a stop token or the length limit."""
@@ -223,7 +249,9 @@ class HybridRouter:
         else:
             acc.edge_tokens += 1
             acc.checked_tokens += checked
+            acc.degraded_tokens += source == DEGRADED
         self._emitted += 1
+        self._tokens.append(token)
         if self._emitted == 1:
             acc.time_to_first_token_s = time.perf_counter() - self._started_s
         if self._emitted >= self.max_new_tokens:
@@ -232,7 +260,11 @@ class HybridRouter:
         return TokenEvent(token, source, checked)
 
     async def _round_trip(self, draft: list[int]) -> LinkVerdict:
-        verdict = await self.cloud.verify(self._unseen, draft)
+        try:
+            verdict = await self.cloud.verify(self._unseen, draft)
+        except CloudDown as exc:
+            self.accounting.cloud_failures += exc.attempted
+            raise
         acc = self.accounting
         acc.cloud_round_trips += 1
         acc.window_sizes.append(len(draft))
@@ -247,12 +279,38 @@ class HybridRouter:
         acc.bytes_up += verdict.bytes_up
         acc.bytes_down += verdict.bytes_down
         acc.cloud_background_calls += verdict.background_calls
+        acc.cloud_switches += verdict.cloud_switches
 
     async def _cloud_only(self) -> AsyncIterator[TokenEvent]:
         while not self._done:
-            verdict = await self._round_trip([])
+            try:
+                verdict = await self._round_trip([])
+            except CloudDown:
+                token = await self._edge_instead()
+                self._unseen.append(token)
+                if (event := self._emit(token, DEGRADED, False)) is not None:
+                    yield event
+                continue
             if (event := self._emit(verdict.next_token, CLOUD, False)) is not None:
                 yield event
+
+    async def _edge_instead(self) -> int:
+        """The SLM's token for the next position, in place of the cloud's: its drafter (built by ``fallback``
+        the first time) is first fed the tokens written since it last ran."""
+        drafter = self._fallback_drafter()
+        if drafter is None:
+            if self._fallback is None:
+                raise CloudDown("the cloud is down and this request has no edge model to fall back on",
+                                attempted=False)
+            drafter = self._fallback_made = await self._fallback(list(self._tokens))
+        if (behind := self._tokens[drafter.num_tokens:]):
+            await drafter.rollback(drafter.num_tokens, then_feed=behind)
+        token, _ = await drafter.draft()
+        self.accounting.drafted_tokens += 1
+        return token
+
+    def _fallback_drafter(self) -> EdgeDrafter | None:
+        return self.drafter if self.drafter is not None else self._fallback_made
 
     async def _query_level(self) -> AsyncIterator[TokenEvent]:
         assert isinstance(self.policy, QueryPolicy) and self.drafter is not None
@@ -275,7 +333,16 @@ class HybridRouter:
             async for event in self._token_level():
                 yield event
             return
-        verdict = await self._round_trip(probe)
+        try:
+            verdict = await self._round_trip(probe)
+        except CloudDown:  # the edge keeps its probe, and writes the cloud's part too
+            self._unseen.extend(probe)
+            for token in probe:
+                if (event := self._emit(token, DEGRADED, False)) is not None:
+                    yield event
+            async for event in self._cloud_only():
+                yield event
+            return
         for token in probe[:verdict.accepted]:
             if (event := self._emit(token, EDGE, True)) is not None:
                 yield event
@@ -327,7 +394,17 @@ class HybridRouter:
                 if not self.policy.flags(feats):
                     break  # dropped: the cloud's next token takes this place
                 window.append(token)
-            verdict = await self._round_trip(window)
+            try:
+                verdict = await self._round_trip(window)
+            except CloudDown:  # the edge keeps the window as drafted
+                fed = drafter.num_tokens - base
+                self._unseen.extend(window)
+                for kept in window:
+                    if (event := self._emit(kept, DEGRADED, False)) is not None:
+                        yield event
+                if not self._done and fed < len(window):
+                    await drafter.feed(window[-1])
+                continue
             self.policy.after_verification(len(window), verdict.accepted)
             for accepted in window[:verdict.accepted]:
                 if (event := self._emit(accepted, EDGE, True)) is not None:

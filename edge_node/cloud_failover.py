@@ -1,0 +1,145 @@
+"""A request's cloud link that survives a dying cloud: degrade, back off, resume (here or elsewhere).
+
+``CloudHealth`` is the edge node's shared view of its clouds: a cloud whose call failed is *down*
+until a retry succeeds, and is retried after an exponential backoff (``initial_backoff_s`` doubling
+up to ``max_backoff_s``). ``FailoverCloudLink`` wraps one request's ``GrpcCloudLink``: while the
+cloud is down, ``verify`` raises ``CloudDown`` at once (no network call) and the router writes the
+flagged tokens itself (degraded mode); when the backoff has passed, a cheap status probe decides
+whether to try again; when another known cloud is up, the session moves there. Either way the
+next verification rebuilds the cloud session from every token the edge holds (Petals' replay), so
+the cloud's state always equals the edge's record of it, whatever the failed call did.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, replace
+
+import grpc
+
+from edgecloud.edge_node.cloud_client import CloudUnavailable, GrpcCloudLink
+from edgecloud.routing.router import CloudDown, LinkVerdict
+from edgecloud.v1 import cloud_node_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+# The cloud's answers that mean the request itself is at fault: passed on, never degraded.
+REQUEST_FAULTS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+@dataclass
+class _Outage:
+    failures: int
+    retry_at: float
+
+
+class CloudHealth:
+    """Which cloud addresses failed recently and when each may be tried again (shared by all requests)."""
+
+    def __init__(self, *, initial_backoff_s: float = 0.25, max_backoff_s: float = 1.0,
+                 max_entries: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0 < initial_backoff_s <= max_backoff_s:
+            raise ValueError(f"need 0 < initial_backoff_s ({initial_backoff_s}) <= max_backoff_s ({max_backoff_s})")
+        self.initial_backoff_s = initial_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.max_entries = max_entries
+        self._clock = clock
+        self._outages: dict[str, _Outage] = {}
+
+    def failed(self, address: str) -> float:
+        """Record a failed call; returns the backoff until the next try (seconds)."""
+        outage = self._outages.pop(address, None)
+        failures = outage.failures + 1 if outage else 1
+        backoff = min(self.max_backoff_s, self.initial_backoff_s * 2 ** (failures - 1))
+        self._outages[address] = _Outage(failures, self._clock() + backoff)
+        while len(self._outages) > self.max_entries:  # bounded: the oldest outage is forgotten
+            self._outages.pop(next(iter(self._outages)))
+        return backoff
+
+    def succeeded(self, address: str) -> None:
+        self._outages.pop(address, None)
+
+    def is_down(self, address: str) -> bool:
+        return address in self._outages
+
+    def retry_due(self, address: str) -> bool:
+        outage = self._outages.get(address)
+        return outage is None or self._clock() >= outage.retry_at
+
+    def down(self) -> list[str]:
+        """The addresses now considered down (for status output)."""
+        return list(self._outages)
+
+
+class FailoverCloudLink:
+    """One request's ``CloudLink``: a ``GrpcCloudLink`` that degrades instead of failing.
+
+    ``stub_for(address)`` gives the stub of a cloud; ``candidates()`` the other clouds this edge may use
+    (registered with its coordinator, or allowed by flag); ``probe(address)`` whether a cloud answers now.
+    """
+
+    def __init__(self, address: str, stub_for: Callable[[str], pb_grpc.CloudNodeStub], health: CloudHealth, *,
+                 candidates: Callable[[], Collection[str]] = tuple,
+                 probe: Callable[[str], Awaitable[bool]] | None = None, **link_options) -> None:
+        self.address = address
+        self.stub_for = stub_for
+        self.health = health
+        self.candidates = candidates
+        self.probe = probe
+        self.link = GrpcCloudLink(stub_for(address), **link_options)
+        self.switches = 0  # moves to another cloud not yet reported in a verdict
+
+    @property
+    def replays(self) -> int:
+        return self.link.replays
+
+    def prefetch(self, unseen: list[int]) -> None:
+        if not self.health.is_down(self.address):
+            self.link.prefetch(unseen)
+
+    async def settle(self) -> LinkVerdict:
+        return await self.link.settle()
+
+    async def verify(self, context: list[int], draft: list[int]) -> LinkVerdict:
+        if self.health.is_down(self.address):
+            await self._before_retry()
+        try:
+            verdict = await self.link.verify(context, draft)
+        except CloudUnavailable as exc:
+            if exc.code in REQUEST_FAULTS:
+                raise
+            self._failed(str(exc))
+            raise CloudDown(str(exc), attempted=True) from exc
+        self.health.succeeded(self.address)
+        switches, self.switches = self.switches, 0
+        return replace(verdict, cloud_switches=verdict.cloud_switches + switches)
+
+    async def _before_retry(self) -> None:
+        """The cloud is down: move to another that is up, or retry this one once its backoff passed (a status
+        probe first, so that a dead cloud costs no full call); ``CloudDown`` when neither can be tried now."""
+        others = [a for a in self.candidates() if a != self.address and not self.health.is_down(a)]
+        if others:
+            self._switch(sorted(others)[0])
+            return
+        if not self.health.retry_due(self.address):
+            raise CloudDown(f"cloud node {self.address} is down; retrying after its backoff", attempted=False)
+        if self.probe is not None and not await self.probe(self.address):
+            self._failed("it does not answer a status probe")
+            raise CloudDown(f"cloud node {self.address} does not answer yet", attempted=True)
+
+    def _switch(self, address: str) -> None:
+        log.warning("cloud node %s is down: moving the session to %s (replaying %d tokens)", self.address,
+                    address, len(self.link.cloud_tokens))
+        self.address = address
+        self.link.restart(self.stub_for(address))
+        self.switches += 1
+
+    def _failed(self, why: str) -> None:
+        backoff = self.health.failed(self.address)
+        log.warning("cloud node %s failed (%s): degraded mode, next try in %.2f s", self.address, why, backoff)
+        self.link.restart()
+
+    async def close(self) -> None:
+        await self.link.close()
