@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registered nodes at most; more are refused with RESOURCE_EXHAUSTED")
     p.add_argument("--heartbeat-interval-s", type=float, default=5.0, help="how often nodes are told to heartbeat")
     p.add_argument("--max-message-mib", type=float, default=4.0, help="largest gRPC message sent or received")
+    p.add_argument("--openai-listen", metavar="HOST:PORT", default=None,
+                   help="also serve an OpenAI-compatible HTTP API there (/v1/chat/completions, /v1/completions, "
+                        "/v1/models; HTTPS with --tls-cert/--tls-key; port 0 = any free port; default: off)")
     add_common_args(p)
     return p
 
@@ -31,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = CoordinatorConfig(listen=args.listen, node_ttl_s=args.node_ttl_s, node_expiry_s=args.node_expiry_s,
                                    max_nodes=args.max_nodes, heartbeat_interval_s=args.heartbeat_interval_s,
-                                   max_message_mib=args.max_message_mib, security=security_from_args(args, parser))
+                                   max_message_mib=args.max_message_mib, security=security_from_args(args, parser),
+                                   openai_listen=args.openai_listen)
     except ValueError as exc:
         parser.error(str(exc))
     from edgecloud.coordinator.node import serve

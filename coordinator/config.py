@@ -19,6 +19,7 @@ class CoordinatorConfig:
     request_timeout_s: float = 3600.0  # deadline of one forwarded generation stream
     max_message_mib: float = 4.0  # largest gRPC message sent or received
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    openai_listen: str | None = None  # host:port of the OpenAI-compatible HTTP API (None: off; port 0 = any)
 
     def __post_init__(self) -> None:
         if self.security.auth_token and not self.security.node_token:
@@ -35,6 +36,10 @@ class CoordinatorConfig:
             raise ValueError(f"max_nodes must be >= 1, got {self.max_nodes}")
         if self.max_message_mib <= 0:
             raise ValueError(f"max_message_mib must be > 0, got {self.max_message_mib:g}")
+        if self.openai_listen is not None:
+            _host, sep, port = self.openai_listen.rpartition(":")
+            if not sep or not port.isdigit() or int(port) > 65535:
+                raise ValueError(f"openai_listen {self.openai_listen[:80]!r} is not host:port (port 0..65535)")
 
     @property
     def max_message_bytes(self) -> int:

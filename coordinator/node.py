@@ -7,6 +7,7 @@ from edgecloud.coordinator.cluster import Cluster, ClusterLimits
 from edgecloud.coordinator.config import NODE_STATUS_OVERHEAD_BYTES, CoordinatorConfig
 from edgecloud.coordinator.service import NODE_METHODS, CoordinatorServicer
 from edgecloud.daemon import serve_until_stopped
+from edgecloud.processes import announce_endpoint
 from edgecloud.v1 import coordinator_pb2_grpc
 
 
@@ -30,8 +31,26 @@ async def serve(config: CoordinatorConfig) -> None:
     server = rpc.create_server(config.security, max_message_bytes=config.max_message_bytes,
                                node_methods=NODE_METHODS)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
+    openai = None
+    if config.openai_listen is not None:
+        from edgecloud.coordinator.openai_api import OpenAIServer
+
+        openai = OpenAIServer(config.openai_listen, config.security, request_timeout_s=config.request_timeout_s,
+                              max_message_bytes=config.max_message_bytes)
+        openai.attach(server)  # its private socket to this server, bound with the gRPC listener
+
+    async def started(_address: str) -> None:
+        if openai is not None:
+            announce_endpoint("openai", await openai.start())  # printed before the READY line
 
     async def stopping() -> None:
+        if openai is not None:
+            await openai.close()
         await servicer.close()
 
-    await serve_until_stopped("coordinator", server, config.listen, config.security, on_stopping=stopping)
+    try:
+        await serve_until_stopped("coordinator", server, config.listen, config.security, on_started=started,
+                                  on_stopping=stopping)
+    finally:
+        if openai is not None:
+            await openai.close()  # also when the gRPC listener never started

@@ -2,9 +2,10 @@
 
 Every daemon prints one line ``EDGECLOUD_READY <name> <host:port>`` on stdout once its
 server is listening (port 0 allowed). ``DaemonProcess.start`` waits for that line (no
-sleeps), and ``close`` stops the whole process group: SIGINT for a graceful stop, then
-SIGKILL after a grace period. ``DaemonGroup`` stops every daemon it started, in reverse
-order, also on Ctrl-C.
+sleeps); lines ``EDGECLOUD_ENDPOINT <kind> <url>`` before it name further listeners (e.g.
+the coordinator's OpenAI-compatible HTTP API) and land in ``DaemonProcess.endpoints``.
+``close`` stops the whole process group: SIGINT for a graceful stop, then SIGKILL after a
+grace period. ``DaemonGroup`` stops every daemon it started, in reverse order, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 READY_PREFIX = "EDGECLOUD_READY"
+ENDPOINT_PREFIX = "EDGECLOUD_ENDPOINT"
 
 
 class DaemonStartError(RuntimeError):
@@ -31,12 +33,18 @@ def announce_ready(name: str, address: str) -> None:
     print(f"{READY_PREFIX} {name} {address}", flush=True)
 
 
+def announce_endpoint(kind: str, url: str) -> None:
+    """Called by a daemon before ``announce_ready`` for each further listener (``kind``: one word)."""
+    print(f"{ENDPOINT_PREFIX} {kind} {url}", flush=True)
+
+
 @dataclass
 class DaemonProcess:
     name: str
     process: subprocess.Popen
     address: str
     log_path: Path | None = None
+    endpoints: dict[str, str] = field(default_factory=dict)  # kind -> url, from EDGECLOUD_ENDPOINT lines
 
     @classmethod
     def start(cls, name: str, args: Sequence[str], *, timeout_s: float = 300.0, log_dir: Path | None = None,
@@ -58,12 +66,13 @@ class DaemonProcess:
                                    env={**os.environ, **(env or {})}, preexec_fn=preexec, text=True)
         if stderr is not None:
             stderr.close()
+        endpoints: dict[str, str] = {}
         try:
-            address = _wait_for_ready(process, name, timeout_s)
+            address = _wait_for_ready(process, name, timeout_s, endpoints)
         except BaseException:
             _stop(process, grace_s=2.0)
             raise
-        return cls(name, process, address, log_path)
+        return cls(name, process, address, log_path, endpoints)
 
     def close(self, grace_s: float = 10.0) -> int | None:
         return _stop(self.process, grace_s)
@@ -92,7 +101,8 @@ class DaemonGroup:
         self.close()
 
 
-def _wait_for_ready(process: subprocess.Popen, name: str, timeout_s: float) -> str:
+def _wait_for_ready(process: subprocess.Popen, name: str, timeout_s: float,
+                    endpoints: dict[str, str] | None = None) -> str:
     assert process.stdout is not None
     deadline = time.monotonic() + timeout_s
     with selectors.DefaultSelector() as selector:
@@ -112,6 +122,8 @@ def _wait_for_ready(process: subprocess.Popen, name: str, timeout_s: float) -> s
             parts = line.split()
             if len(parts) == 3 and parts[0] == READY_PREFIX:
                 return parts[2]
+            if len(parts) == 3 and parts[0] == ENDPOINT_PREFIX and endpoints is not None:
+                endpoints[parts[1]] = parts[2]
 
 
 def _stop(process: subprocess.Popen, grace_s: float) -> int | None:
