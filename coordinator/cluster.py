@@ -7,6 +7,12 @@ holder of its lease registers again. A node silent for ``ttl_s`` stops being pla
 listed as not live); one silent for ``expiry_s`` is forgotten, so the table never holds more
 than ``max_nodes`` entries of bounded size. A node that a request found unreachable is
 *suspect* (not placed) until its next heartbeat.
+
+Nodes announced over MQTT (coordinator/telemetry.py) are held the same way, by their process's
+random *instance* id instead of a lease: their periodic ``load`` messages are their heartbeats,
+and their ``offline`` status (a clean stop, or the broker's last will when the connection drops)
+takes them out of placement at once. A gRPC registration that names the same instance (label
+``edgecloud.instance``) is the same process and shares the entry.
 """
 
 from __future__ import annotations
@@ -30,6 +36,15 @@ from edgecloud.errors import (
     Unavailable,
     clip,
 )
+
+
+class DuplicateInstance(AlreadyExists):
+    """A second process announced a live node's id; ``holder_*`` name the first one."""
+
+    def __init__(self, message: str, *, holder_instance: str, holder_address: str) -> None:
+        super().__init__(message)
+        self.holder_instance = holder_instance
+        self.holder_address = holder_address
 
 
 class Role(StrEnum):
@@ -108,6 +123,9 @@ class NodeState:
     lease: str
     last_seen: float
     suspect: bool = False
+    instance: str = ""  # the process's random id (MQTT telemetry), "" if unknown
+    offline: bool = False  # its telemetry said offline (will or clean stop): not live until it is heard again
+    rtt_ms: Mapping[str, float] = field(default_factory=dict)  # measured RTT to peers, by address (link topic)
 
     @property
     def node_id(self) -> str:
@@ -219,12 +237,12 @@ class Cluster:
 
     # Registry -------------------------------------------------------------------------------------------
 
-    def register(self, info: NodeInfo, load: Load | None = None, *, lease: str = "") -> str:
+    def register(self, info: NodeInfo, load: Load | None = None, *, lease: str = "", instance: str = "") -> str:
         """Add or refresh a node; returns its lease.
 
         A live id under another lease is not replaced (AlreadyExists), whatever its address: only
-        the holder of the lease moves or refreshes it. A stale entry (silent for ``ttl_s``) is
-        replaced by whoever registers the id next.
+        the holder of the lease (or the same process, by ``instance``) moves or refreshes it. A
+        stale or offline entry is replaced by whoever registers the id next.
         """
         validate_node(info, self.limits)
         with self._lock:
@@ -232,18 +250,83 @@ class Cluster:
             self._expire(now)
             old = self._nodes.get(info.node_id)
             if old is not None:
-                holder = bool(lease) and hmac.compare_digest(lease.encode(), old.lease.encode())
-                if not holder and now - old.last_seen <= self.ttl_s:
+                holder = ((bool(lease) and hmac.compare_digest(lease.encode(), old.lease.encode()))
+                          or (bool(instance) and instance == old.instance))
+                if not holder and self._live(old, now):
                     raise AlreadyExists(f"node {clip(info.node_id)} is registered (at {clip(old.address)}) under "
                                         "another lease; register with its lease, or wait until it has been "
                                         f"silent for {self.ttl_s:g} s")
                 new_lease = old.lease if holder else secrets.token_urlsafe(24)
+                rtt = old.rtt_ms if holder else {}
             else:
-                if len(self._nodes) >= self.limits.max_nodes:
-                    raise LimitExceeded(f"the registry is full ({self.limits.max_nodes} nodes)")
-                new_lease = secrets.token_urlsafe(24)
-            self._nodes[info.node_id] = NodeState(info, load or Load(), new_lease, now)
+                self._check_room()
+                new_lease, rtt = secrets.token_urlsafe(24), {}
+            self._nodes[info.node_id] = NodeState(info, load or Load(), new_lease, now, instance=instance,
+                                                  rtt_ms=rtt)
             return new_lease
+
+    def _check_room(self) -> None:
+        if len(self._nodes) >= self.limits.max_nodes:
+            raise LimitExceeded(f"the registry is full ({self.limits.max_nodes} nodes)")
+
+    def _live(self, node: NodeState, now: float) -> bool:
+        return not node.offline and now - node.last_seen <= self.ttl_s
+
+    # Telemetry (MQTT) -----------------------------------------------------------------------------------
+
+    def announce(self, info: NodeInfo, instance: str, load: Load | None = None) -> None:
+        """A node that announced itself online over MQTT. A live id held by another instance (or
+        lease) is kept: DuplicateInstance names the holder."""
+        validate_node(info, self.limits)
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            old = self._nodes.get(info.node_id)
+            if old is not None and old.instance != instance and self._live(old, now):
+                raise DuplicateInstance(f"node {clip(info.node_id)} is live at {clip(old.address)} (instance "
+                                        f"{old.instance or 'registered over gRPC'}); this instance is refused",
+                                        holder_instance=old.instance, holder_address=old.address)
+            if old is None:
+                self._check_room()
+            same = old is not None and old.instance == instance
+            self._nodes[info.node_id] = NodeState(
+                info, load or (old.load if same else Load()), old.lease if same else secrets.token_urlsafe(24),
+                now, instance=instance, rtt_ms=old.rtt_ms if same else {})
+
+    def report_load(self, node_id: str, instance: str, load: Load) -> bool:
+        """A load message (the MQTT heartbeat); False unless ``instance`` holds the live node."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None or node.instance != instance or node.offline:
+                return False
+            self._nodes[node_id] = replace(node, load=load, last_seen=self._clock(), suspect=False)
+            return True
+
+    def report_links(self, node_id: str, instance: str, rtt_ms: Mapping[str, float]) -> bool:
+        """RTTs the node measured to peers (by address); False unless ``instance`` holds the node."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None or node.instance != instance:
+                return False
+            self._nodes[node_id] = replace(node, rtt_ms=dict(list(rtt_ms.items())[:self.limits.max_nodes]))
+            return True
+
+    def went_offline(self, node_id: str, instance: str) -> bool:
+        """The node's telemetry said offline: not placed, listed as not live. False for another instance."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None or node.instance != instance or node.offline:
+                return False
+            self._nodes[node_id] = replace(node, offline=True)
+            return True
+
+    def holder(self, node_id: str) -> tuple[str, str] | None:
+        """(instance, address) of the live node ``node_id``, None if there is none."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None or not self._live(node, self._clock()):
+                return None
+            return node.instance, node.address
 
     def heartbeat(self, node_id: str, lease: str, load: Load) -> None:
         """Refresh a node's load and clear its suspicion; NotFound: register again."""
@@ -251,7 +334,7 @@ class Cluster:
             now = self._clock()
             self._expire(now)
             node = self._holder(node_id, lease)
-            self._nodes[node_id] = replace(node, load=load, last_seen=now, suspect=False)
+            self._nodes[node_id] = replace(node, load=load, last_seen=now, suspect=False, offline=False)
 
     def deregister(self, node_id: str, lease: str) -> None:
         """Remove a node; only the holder of its lease may (an unknown id is already gone)."""
@@ -286,7 +369,7 @@ class Cluster:
         with self._lock:
             now = self._clock()
             self._expire(now)
-            views = [NodeView(n.info, n.load, now - n.last_seen, now - n.last_seen <= self.ttl_s, n.suspect)
+            views = [NodeView(n.info, n.load, now - n.last_seen, self._live(n, now), n.suspect)
                      for n in self._nodes.values()]
         return sorted((v for v in views if v.live or include_stale), key=lambda v: v.info.node_id)
 
@@ -303,28 +386,39 @@ class Cluster:
     def place(self, role: Role, model: str | None = None, *, exclude: Iterable[str] = (),
               capability: int | None = None) -> NodeInfo:
         """The least-loaded placeable node of ``role`` (running ``model`` and having ``capability`` if given,
-        not in ``exclude``)."""
+        not in ``exclude``). Ties go to the lowest RTT that live nodes measured to it (link telemetry),
+        unmeasured nodes first (so that they get measured), then to the lowest id."""
         excluded = set(exclude)
         with self._lock:
             now = self._clock()
             candidates = [n for n in self._nodes.values()
-                          if n.info.role == role and not n.suspect and now - n.last_seen <= self.ttl_s
+                          if n.info.role == role and not n.suspect and self._live(n, now)
                           and n.node_id not in excluded and (model is None or model in n.info.models)
                           and (capability is None or capability in n.info.capabilities)]
+            rtt = self._measured_rtt_ms(now)
         if not candidates:
             wanted = f" running {clip(model)}" if model else ""
             wanted += f" with capability {capability} (see common.proto's Capability)" if capability is not None else ""
             others = " other than the ones that just failed" if excluded else ""
             raise Unavailable(f"no live {role.value} node{wanted}{others} is registered")
-        best = min(candidates, key=lambda n: (_busy(n.load), n.node_id))
+        best = min(candidates, key=lambda n: (_busy(n.load), rtt.get(n.address, 0.0), n.node_id))
         return best.info
+
+    def _measured_rtt_ms(self, now: float) -> dict[str, float]:
+        """The lowest RTT any live node measured to each address (lock held)."""
+        best: dict[str, float] = {}
+        for node in self._nodes.values():
+            if self._live(node, now):
+                for address, rtt in node.rtt_ms.items():
+                    best[address] = min(rtt, best.get(address, rtt))
+        return best
 
     def get_live(self, node_id: str, role: Role) -> NodeInfo:
         """The named node if it can be placed; Unavailable otherwise."""
         with self._lock:
             node = self._nodes.get(node_id)
             ok = (node is not None and node.info.role == role and not node.suspect
-                  and self._clock() - node.last_seen <= self.ttl_s)
+                  and self._live(node, self._clock()))
         if not ok:
             raise Unavailable(f"{role.value} node {clip(node_id)} is not live")
         assert node is not None
