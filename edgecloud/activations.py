@@ -70,6 +70,8 @@ def encoded_from_proto(msg: pb.Tensor, dtype: torch.dtype, shape: tuple[int, ...
         raise WireError("codec_params.original_dtype differs from the tensor dtype")
     if len(params.scales) or params.zero_points or params.zero_point_bytes:
         raise WireError("activation codecs carry float32 scale_bytes only (no repeated scales, no zero points)")
+    if len(params.outlier_channels) > codecs.MAX_OUTLIERS:  # before the repeated field is copied
+        raise WireError(f"{len(params.outlier_channels)} outlier channels; at most {codecs.MAX_OUTLIERS}")
     if fmt in _QUANTIZED:
         if params.scale_dtype != pb.DTYPE_FLOAT32:
             raise WireError("activation codec scales must be FLOAT32 scale_bytes")
@@ -87,14 +89,17 @@ def encoded_from_proto(msg: pb.Tensor, dtype: torch.dtype, shape: tuple[int, ...
 
 
 def activation_from_proto(msg: pb.Tensor, *, max_bytes: int,
-                          expected_shape: tuple[int | None, ...] | None = None) -> torch.Tensor:
+                          expected_shape: tuple[int | None, ...] | None = None,
+                          require_finite: bool = True) -> torch.Tensor:
     """The activation in ``msg`` (any codec of ``codecs.CODECS``), checked as ``wire.tensor_from_proto`` does.
 
     ``max_bytes`` bounds the decoded tensor (and the decompressed payload); ``expected_shape`` fixes
-    the rank and, where not None, each dimension. ``WireError`` (``WireLimitError`` over the limit).
+    the rank and, where not None, each dimension; NaN or infinite values (after decoding: a NaN scale
+    makes a quantized payload NaN) are refused unless ``require_finite`` is False. ``WireError``
+    (``WireLimitError`` over the limit).
     """
     return wire.tensor_from_proto(msg, max_bytes=max_bytes, expected_shape=expected_shape,
-                                  allowed_dtypes=ACTIVATION_DTYPES)
+                                  allowed_dtypes=ACTIVATION_DTYPES, require_finite=require_finite)
 
 
 def _decoder(msg: pb.Tensor, dtype: torch.dtype, shape: tuple[int, ...], max_bytes: int) -> torch.Tensor:

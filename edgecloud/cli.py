@@ -21,6 +21,8 @@ reward_app = typer.Typer(help="Collect data for and train the learned reward hea
                          no_args_is_help=True)
 app.add_typer(reward_app, name="reward")
 app.add_typer(split_app, name="split")
+certs_app = typer.Typer(help="Certificates for TLS and mutual TLS between the daemons.", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
 
 err = Console(stderr=True)
 DEMO_PROMPT = "Write a Python function that returns the n-th Fibonacci number iteratively."
@@ -340,6 +342,22 @@ def reward_train(
     Console(stderr=True).print(table)
     err.print(f"[green]head:[/] {out} ({result['head_bytes']} bytes, {result['epochs']} epochs, best "
               f"{result['best_epoch']}, {result['train_seconds']} s); report: {report}")
+
+
+@certs_app.command("dev")
+def certs_dev(
+    out: Annotated[Path, typer.Option(help="folder to write the PEM files to")] = Path("edgecloud-certs"),
+    hosts: Annotated[str, typer.Option(help="comma-separated host names and IP addresses the node "
+                                            "certificate is valid for (its SANs)")] = "localhost,127.0.0.1,::1",
+) -> None:
+    """A development CA, node and client certificates (ECDSA P-256, PEM, keys 0600) for trying TLS out."""
+    from edgecloud.certs import usage, write_dev_certificates
+
+    try:
+        paths = write_dev_certificates(out, hosts.split(","))
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    print(usage(paths))
 
 
 @app.command(**PASS_THROUGH)

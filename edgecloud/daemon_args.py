@@ -20,6 +20,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-cert", help="server certificate (PEM); enables TLS on the listener")
     group.add_argument("--tls-key", help="server private key (PEM)")
     group.add_argument("--tls-ca", help="CA bundle (PEM) to verify the servers this process dials")
+    group.add_argument("--tls-client-ca", help="mutual TLS: CA bundle (PEM); the listener requires every "
+                                               "client to present a certificate it signed (needs --tls-cert)")
+    group.add_argument("--tls-client-cert", help="mutual TLS: certificate (PEM) this process presents when it "
+                                                 "dials a peer (with --tls-client-key)")
+    group.add_argument("--tls-client-key", help="mutual TLS: private key (PEM) of --tls-client-cert")
     group.add_argument("--auth-token", default=os.environ.get("EDGECLOUD_AUTH_TOKEN"),
                        help="client token: bearer token required by listeners and sent to peers "
                             "(default: $EDGECLOUD_AUTH_TOKEN)")
@@ -34,7 +39,9 @@ def security_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
     """The security settings of ``args``; with ``parser``, a bad combination exits 2 with its message."""
     try:
         return SecurityConfig(tls_cert_path=args.tls_cert, tls_key_path=args.tls_key, tls_ca_path=args.tls_ca,
-                              auth_token=args.auth_token, node_token=args.node_token)
+                              auth_token=args.auth_token, node_token=args.node_token,
+                              tls_client_ca_path=args.tls_client_ca, tls_client_cert_path=args.tls_client_cert,
+                              tls_client_key_path=args.tls_client_key)
     except ValueError as exc:
         if parser is None:
             raise

@@ -1,24 +1,32 @@
 """Shared gRPC plumbing for the daemons and the client SDK.
 
-Message-size limits, keepalive and reconnect-backoff options, optional TLS, bearer-token
-authentication (a server interceptor that answers UNAUTHENTICATED, a client interceptor that
-attaches the token; a second, node token for the methods only nodes may call) and
+Message-size limits, keepalive and reconnect-backoff options, optional TLS and mutual TLS
+(a listener that requires client certificates signed by ``tls_client_ca_path``; a channel that
+presents ``tls_client_cert_path``), bearer-token authentication (a server interceptor that
+answers UNAUTHENTICATED, also for methods that do not exist, a client interceptor that attaches
+the token; a second, node token for the methods only nodes may call), a server interceptor that
+answers INVALID_ARGUMENT for request bytes that are not the method's protobuf message (and maps
+an exception a handler let escape through ``errors.status_for``, never UNKNOWN), and
 ``start_server``, which binds (port 0 allowed) and returns the real port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import inspect
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
+
+from edgecloud.errors import status_for
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +54,9 @@ class SecurityConfig:
     A server uses ``tls_cert_path`` + ``tls_key_path``; a client verifies servers against
     ``tls_ca_path`` (a client with no CA but a cert uses the system roots); both sides use
     ``auth_token``. ``tls_server_name`` overrides the name checked against the server's
-    certificate (for dialing an IP address with a cert issued to a host name).
+    certificate (for dialing an IP address with a cert issued to a host name). Mutual TLS: a
+    server with ``tls_client_ca_path`` requires every client to present a certificate signed by
+    that CA; a client with ``tls_client_cert_path`` + ``tls_client_key_path`` presents one.
     """
 
     tls_cert_path: str | None = None
@@ -55,10 +65,18 @@ class SecurityConfig:
     auth_token: str | None = None
     tls_server_name: str | None = None
     node_token: str | None = None  # the node credential: registry calls to the coordinator
+    tls_client_ca_path: str | None = None  # server: require client certificates signed by this CA
+    tls_client_cert_path: str | None = None  # client: the certificate presented when dialling
+    tls_client_key_path: str | None = None
 
     def __post_init__(self) -> None:
         if (self.tls_cert_path is None) != (self.tls_key_path is None):
             raise ValueError("tls_cert_path and tls_key_path must be given together")
+        if (self.tls_client_cert_path is None) != (self.tls_client_key_path is None):
+            raise ValueError("tls_client_cert_path and tls_client_key_path must be given together")
+        if self.tls_client_ca_path is not None and self.tls_cert_path is None:
+            raise ValueError("tls_client_ca_path (mutual TLS) needs a TLS listener: give tls_cert_path "
+                             "and tls_key_path too")
         if self.auth_token is not None and not self.auth_token.strip():
             raise ValueError("auth_token is empty")
         if self.node_token is not None and not self.node_token.strip():
@@ -77,7 +95,13 @@ class SecurityConfig:
 
     @property
     def client_tls(self) -> bool:
-        return self.tls_ca_path is not None or self.tls_cert_path is not None
+        return (self.tls_ca_path is not None or self.tls_cert_path is not None
+                or self.tls_client_cert_path is not None)
+
+    @property
+    def mutual_tls(self) -> bool:
+        """Whether this process's listener requires client certificates."""
+        return self.tls_client_ca_path is not None
 
 
 def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> ChannelOptions:
@@ -127,15 +151,37 @@ def _read(path: str | Path, what: str) -> bytes:
         raise ValueError(f"cannot read TLS {what} {str(path)!r}: {exc.strerror}") from exc
 
 
-def server_credentials(cert_path: str | Path, key_path: str | Path) -> grpc.ServerCredentials:
-    """TLS credentials of a server from PEM certificate (chain) and private key files."""
-    return grpc.ssl_server_credentials([(_read(key_path, "key"), _read(cert_path, "certificate"))])
+def server_credentials(cert_path: str | Path, key_path: str | Path,
+                       client_ca_path: str | Path | None = None) -> grpc.ServerCredentials:
+    """TLS credentials of a server from PEM certificate (chain) and private key files.
+
+    With ``client_ca_path`` (mutual TLS) a client must present a certificate signed by that CA,
+    or the handshake fails.
+    """
+    pairs = [(_read(key_path, "key"), _read(cert_path, "certificate"))]
+    if client_ca_path is None:
+        return grpc.ssl_server_credentials(pairs)
+    return grpc.ssl_server_credentials(pairs, root_certificates=_read(client_ca_path, "client CA bundle"),
+                                       require_client_auth=True)
 
 
-def channel_credentials(ca_path: str | Path | None = None) -> grpc.ChannelCredentials:
-    """TLS credentials of a client: trust the PEM CA bundle at ``ca_path`` (None: system roots)."""
+def channel_credentials(ca_path: str | Path | None = None, client_cert_path: str | Path | None = None,
+                        client_key_path: str | Path | None = None) -> grpc.ChannelCredentials:
+    """TLS credentials of a client: trust the PEM CA bundle at ``ca_path`` (None: system roots);
+    with ``client_cert_path`` + ``client_key_path``, present that certificate (mutual TLS)."""
+    if (client_cert_path is None) != (client_key_path is None):
+        raise ValueError("a client certificate needs its key, and a key its certificate")
     roots = _read(ca_path, "CA bundle") if ca_path is not None else None
-    return grpc.ssl_channel_credentials(root_certificates=roots)
+    if client_cert_path is None or client_key_path is None:
+        return grpc.ssl_channel_credentials(root_certificates=roots)
+    return grpc.ssl_channel_credentials(root_certificates=roots,
+                                        private_key=_read(client_key_path, "client key"),
+                                        certificate_chain=_read(client_cert_path, "client certificate"))
+
+
+def security_channel_credentials(security: SecurityConfig) -> grpc.ChannelCredentials:
+    """The channel credentials ``security`` describes (its CA, and its client certificate if any)."""
+    return channel_credentials(security.tls_ca_path, security.tls_client_cert_path, security.tls_client_key_path)
 
 
 def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
@@ -149,7 +195,9 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     The request is not deserialized before the check. ``exempt`` lists full method names
     (``/package.Service/Method``) that need no token, e.g. health checks. ``node_methods``
     need ``node_token`` instead of ``token`` (the client token there: PERMISSION_DENIED);
-    ``token`` None leaves the other methods open.
+    ``token`` None leaves the other methods open. A method that does not exist is checked like
+    any other (either token admits it) before it is answered UNIMPLEMENTED, so that a caller
+    without a token learns nothing about which methods exist.
     """
 
     def __init__(self, token: str | None, exempt: Iterable[str] = (), *, node_token: str | None = None,
@@ -171,8 +219,10 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method in self._exempt:
+        if method in self._exempt:
             return handler
+        if handler is None:
+            return self._unknown(handler_call_details)
         node_method = method in self._node_methods
         expected = self._node_expected if node_method else self._expected
         if expected is None:
@@ -192,6 +242,30 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
                               f"{why} {what}: send metadata 'authorization: Bearer <token>'")
 
 
+    def _unknown(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        """None (UNIMPLEMENTED) for a caller with a valid token, else a handler answering UNAUTHENTICATED."""
+        if self._expected is None:
+            return None  # no client token configured: the server's other methods are open too
+        presented = _metadata_value(details.invocation_metadata, AUTH_METADATA_KEY)
+        given = presented.encode() if presented is not None else b""
+        for expected in (self._expected, self._node_expected):
+            if presented is not None and expected is not None and hmac.compare_digest(given, expected):
+                return None
+        log.warning("rejected a call of an unknown method: %s bearer token",
+                    "missing" if presented is None else "invalid")
+        # stream-stream reads no request: it fits a call of any kind
+        return grpc.stream_stream_rpc_method_handler(_aborter(grpc.StatusCode.UNAUTHENTICATED, (
+            f"{'missing' if presented is None else 'invalid'} bearer token: "
+            "send metadata 'authorization: Bearer <token>'")))
+
+
+def _aborter(code: grpc.StatusCode, details: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]:
+    async def abort(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, details)
+
+    return abort
+
+
 def _metadata_value(metadata: Sequence[tuple[str, Any]] | None, key: str) -> str | None:
     for item_key, value in metadata or ():
         if item_key.lower() == key:
@@ -201,10 +275,7 @@ def _metadata_value(metadata: Sequence[tuple[str, Any]] | None, key: str) -> str
 
 def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
     """A handler of the same kind as ``handler`` that fails every call with ``code``."""
-
-    async def abort(_request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, details)
-
+    abort = _aborter(code, details)
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(abort)
     if handler.request_streaming:
@@ -212,6 +283,131 @@ def _abort_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, detail
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(abort)
     return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class _Malformed:
+    """What a request deserializer returns for bytes that are not its message (it must not raise:
+    grpc answers an exception there with UNKNOWN and the exception's text)."""
+
+    __slots__ = ("details",)
+
+    def __init__(self, details: str) -> None:
+        self.details = details
+
+
+def _safe_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    owner = getattr(deserialize, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    name = getattr(descriptor, "full_name", "request")
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # DecodeError, and whatever a parser may raise on hostile bytes
+            log.warning("malformed %s (%d bytes): %s", name, len(data), type(exc).__name__)
+            return _Malformed(f"malformed request: {len(data)} bytes that are not a valid {name} message")
+
+    return parse
+
+
+async def _answer_escaped(exc: Exception, method: str, context: grpc.aio.ServicerContext) -> None:
+    """Abort with the status ``errors.status_for`` maps an exception a handler let escape to."""
+    code, details = status_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("%s raised %s", method, type(exc).__name__, exc_info=exc)
+    await context.abort(code, details or code.name.lower())
+
+
+async def _checked_requests(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.details)
+        yield request
+
+
+async def _checked(request: Any, context: grpc.aio.ServicerContext, request_streaming: bool) -> Any:
+    """The request (or a checking iterator over a request stream); aborts on a malformed one."""
+    if request_streaming:
+        return _checked_requests(request, context)
+    if isinstance(request, _Malformed):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.details)
+    return request
+
+
+def _unary_behavior(inner: Callable, method: str, request_streaming: bool) -> Callable:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        request = await _checked(request, context, request_streaming)
+        try:
+            result = inner(request, context)
+            return await result if inspect.isawaitable(result) else result
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await _answer_escaped(exc, method, context)
+
+    return behavior
+
+
+def _streaming_behavior(inner: Callable, method: str, request_streaming: bool) -> Callable:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        request = await _checked(request, context, request_streaming)
+        try:
+            result = inner(request, context)
+            if hasattr(result, "__aiter__"):
+                async with contextlib.aclosing(result) as stream:  # a cancelled call closes the handler's
+                    async for item in stream:
+                        yield item
+            elif inspect.isawaitable(result):
+                await result  # the writer API (context.write)
+            else:
+                for item in result:
+                    yield item
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await _answer_escaped(exc, method, context)
+
+    return behavior
+
+
+_MAKERS = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+           (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+
+
+def _guarded(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """``handler`` with a deserializer that never raises and a behavior that answers malformed
+    requests INVALID_ARGUMENT and escaped exceptions by ``errors.status_for``."""
+    kind = (bool(handler.request_streaming), bool(handler.response_streaming))
+    inner = {(False, False): handler.unary_unary, (False, True): handler.unary_stream,
+             (True, False): handler.stream_unary, (True, True): handler.stream_stream}[kind]
+    wrap = _streaming_behavior if kind[1] else _unary_behavior
+    deserializer = handler.request_deserializer
+    return _MAKERS[kind](wrap(inner, method, kind[0]),
+                         request_deserializer=_safe_deserializer(deserializer) if deserializer else None,
+                         response_serializer=handler.response_serializer)
+
+
+class RequestGuardInterceptor(grpc.aio.ServerInterceptor):
+    """Answers request bytes that do not parse as the method's message with INVALID_ARGUMENT (grpc
+    itself says UNKNOWN and names the parser's exception), and an exception a handler let escape
+    with the status ``errors.status_for`` gives it; the server keeps serving either way."""
+
+    def __init__(self) -> None:
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        cached = self._guarded.get(method)  # only registered methods get here: bounded
+        if cached is None or cached[0] is not handler:
+            cached = (handler, _guarded(handler, method))
+            self._guarded[method] = cached
+        return cached[1]
 
 
 class _TokenMetadata:
@@ -262,7 +458,7 @@ def create_channel(target: str, security: SecurityConfig | None = None, *,
     options = channel_options(max_message_bytes, security.tls_server_name)
     interceptors = client_interceptors(security)
     if security.client_tls:
-        return grpc.aio.secure_channel(target, channel_credentials(security.tls_ca_path), options=options,
+        return grpc.aio.secure_channel(target, security_channel_credentials(security), options=options,
                                        interceptors=interceptors)
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
@@ -307,12 +503,13 @@ def create_server(security: SecurityConfig | None = None, *,
                   max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                   interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
                   node_methods: Iterable[str] = ()) -> grpc.aio.Server:
-    """A ``grpc.aio`` server with limits and keepalive, and token auth when configured.
+    """A ``grpc.aio`` server with limits and keepalive, token auth when configured, and the request
+    guard (malformed requests: INVALID_ARGUMENT) on every method.
 
     ``node_methods`` (full method names) take ``security.node_token`` instead of the client token.
     """
     security = security or SecurityConfig()
-    chain = list(interceptors)
+    chain = [*interceptors, RequestGuardInterceptor()]
     node_methods = tuple(node_methods) if security.node_token else ()
     if security.auth_token or node_methods:
         chain.insert(0, TokenAuthInterceptor(security.auth_token, node_token=security.node_token,
@@ -326,8 +523,8 @@ async def start_server(server: grpc.aio.Server, listen: str, security: SecurityC
     try:
         if security.server_tls:
             assert security.tls_cert_path is not None and security.tls_key_path is not None
-            port = server.add_secure_port(listen, server_credentials(security.tls_cert_path,
-                                                                     security.tls_key_path))
+            port = server.add_secure_port(listen, server_credentials(security.tls_cert_path, security.tls_key_path,
+                                                                     security.tls_client_ca_path))
         else:
             port = server.add_insecure_port(listen)
     except RuntimeError as exc:
@@ -336,5 +533,6 @@ async def start_server(server: grpc.aio.Server, listen: str, security: SecurityC
         raise OSError(f"cannot listen on {listen!r}")
     await server.start()
     log.info("gRPC server listening on %s (port %d, %s%s)", listen, port,
-             "TLS" if security.server_tls else "plaintext", ", token auth" if security.auth_token else "")
+             ("mutual TLS" if security.mutual_tls else "TLS") if security.server_tls else "plaintext",
+             ", token auth" if security.auth_token else "")
     return port

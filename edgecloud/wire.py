@@ -2,8 +2,11 @@
 
 ``tensor_to_proto`` writes the RAW codec: C-contiguous little-endian bytes (bfloat16 as its
 2-byte bit pattern, bool as one 0/1 byte). ``tensor_from_proto`` checks the header (dtype,
-dims, size limit, expected shape and dtype) BEFORE it reads the payload and raises
-``WireError`` saying what was wrong. Nothing is ever unpickled: payloads are plain bytes read
+rank, each dimension, the size limit, expected shape and dtype) BEFORE it reads the payload
+and raises ``WireError`` saying what was wrong. The size limit counts a zero-length dimension
+as 1, so that an empty tensor cannot carry absurd other dimensions (an empty (0, 2**40, C)
+batch would still make the consumer build 2**40-position masks); ``require_finite`` rejects
+NaN and infinities after decoding. Nothing is ever unpickled: payloads are plain bytes read
 with ``numpy.frombuffer`` into a private copy.
 
 Codecs other than RAW (int8/int4/fp8, lz4) plug in through ``register_decoder``; the codec
@@ -23,6 +26,7 @@ from edgecloud.errors import InvalidInput, LimitExceeded
 from edgecloud.v1 import tensor_pb2 as pb
 
 MAX_RANK = 16
+MAX_DIM = 2**31 - 1  # any one dimension (torch indexes with int64, but no tensor here comes near)
 
 
 class WireError(InvalidInput):
@@ -93,11 +97,14 @@ def tensor_to_proto(t: torch.Tensor) -> pb.Tensor:
 
 def tensor_from_proto(msg: pb.Tensor, *, max_bytes: int,
                       expected_shape: tuple[int | None, ...] | None = None,
-                      allowed_dtypes: Iterable[torch.dtype] | None = None) -> torch.Tensor:
+                      allowed_dtypes: Iterable[torch.dtype] | None = None,
+                      require_finite: bool = False) -> torch.Tensor:
     """Decode a tensor message after validating it; ``WireError`` says what is wrong.
 
-    ``max_bytes`` bounds the decoded size; ``expected_shape`` fixes the rank and, where not
-    None, the size of each dimension; ``allowed_dtypes`` restricts the element type.
+    ``max_bytes`` bounds the decoded size (a zero-length dimension counted as 1);
+    ``expected_shape`` fixes the rank and, where not None, the size of each dimension;
+    ``allowed_dtypes`` restricts the element type; ``require_finite`` rejects a floating-point
+    tensor holding NaN or an infinity.
     """
     info = _dtype_info(msg.dtype)
     shape = _check_shape(msg.shape, expected_shape)
@@ -108,11 +115,20 @@ def tensor_from_proto(msg: pb.Tensor, *, max_bytes: int,
             raise WireError(f"tensor dtype {info.name} is not accepted here (allowed: {names})")
     itemsize = info.carrier.itemsize
     need = math.prod(shape) * itemsize
-    if need > max_bytes:
-        raise WireLimitError(f"tensor of dtype {info.name} × shape {shape} is {need} bytes; the limit is {max_bytes}")
+    span = math.prod(max(d, 1) for d in shape) * itemsize  # = need unless a dimension is 0
+    if span > max_bytes:
+        what = f"is {need} bytes" if need == span else f"is empty but spans {span} bytes"
+        raise WireLimitError(f"tensor of dtype {info.name} × shape {shape} {what}; the limit is {max_bytes}")
     if msg.raw_nbytes != need:
         raise WireError(f"tensor raw_nbytes is {msg.raw_nbytes} but dtype {info.name} × shape {shape} "
                         f"needs {need}")
+    out = _decode(msg, info, shape, need, max_bytes)
+    if require_finite and out.is_floating_point() and out.numel() and not bool(torch.isfinite(out).all()):
+        raise WireError(f"tensor of dtype {info.name} × shape {shape} holds NaN or infinite values")
+    return out
+
+
+def _decode(msg: pb.Tensor, info: _DTypeInfo, shape: tuple[int, ...], need: int, max_bytes: int) -> torch.Tensor:
     if msg.codec == pb.CODEC_RAW and msg.compression == pb.COMPRESSION_NONE:
         return _decode_raw(msg.payload, info, shape, need)
     if len(msg.payload) > max_bytes:
@@ -158,11 +174,13 @@ def _dtype_info(code: int) -> _DTypeInfo:
 
 
 def _check_shape(dims: Sequence[int], expected: tuple[int | None, ...] | None) -> tuple[int, ...]:
-    shape = tuple(dims)
-    if len(shape) > MAX_RANK:
-        raise WireLimitError(f"tensor rank {len(shape)} exceeds the limit {MAX_RANK}")
+    if len(dims) > MAX_RANK:  # before copying: a repeated field may hold millions of entries
+        raise WireLimitError(f"tensor rank {len(dims)} exceeds the limit {MAX_RANK}")
+    shape = tuple(int(d) for d in dims)
     if any(d < 0 for d in shape):
         raise WireError(f"tensor shape {shape} has a negative dimension")
+    if any(d > MAX_DIM for d in shape):
+        raise WireLimitError(f"tensor shape {shape} has a dimension over {MAX_DIM}; the limit is {MAX_DIM} per dimension")
     if expected is not None:
         want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + (",)" if len(expected) == 1 else ")")
         if len(shape) != len(expected):
