@@ -10,6 +10,7 @@ from edgecloud.daemon_args import (
     parse_node_args,
     run_daemon,
 )
+from edgecloud.mqtt_args import add_mqtt_args, mqtt_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,17 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-idle-ttl-s", type=float, default=600.0, help="drop sessions unused this long")
     p.add_argument("--no-split-tail", action="store_true", help="do not serve RunTail (split computing)")
     add_common_args(p)
+    add_mqtt_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, security = parse_node_args(build_parser(), argv)
+    parser = build_parser()
+    args, security = parse_node_args(parser, argv)
     config = CloudConfig(model=args.model, listen=args.listen, advertise=args.advertise, node_id=args.node_id,
                          dtype=args.dtype, threads=args.threads, coordinator=args.coordinator, max_sessions=args.max_sessions,
                          max_kv_mib=args.max_kv_mib, max_window_tokens=args.max_window_tokens,
                          max_tokens_per_session=args.max_tokens_per_session,
                          session_idle_ttl_s=args.session_idle_ttl_s, split_tail=not args.no_split_tail,
-                         security=security)
+                         security=security, mqtt=mqtt_from_args(args, parser))
     from edgecloud.cloud_node.node import serve
 
     run_daemon("edgecloud cloud", serve, config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edgecloud.mqtt import MqttConfig
 from edgecloud.rpc import SecurityConfig
 
 
@@ -24,3 +25,4 @@ class CloudConfig:
     coordinator: str | None = None  # register and heartbeat there when given
     heartbeat_interval_s: float = 5.0
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    mqtt: MqttConfig | None = None  # telemetry and discovery broker (None: no telemetry)

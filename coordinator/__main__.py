@@ -6,6 +6,7 @@ import argparse
 
 from edgecloud.coordinator.config import CoordinatorConfig
 from edgecloud.daemon_args import add_common_args, run_daemon, security_from_args, setup_logging
+from edgecloud.mqtt_args import NO_EMBEDDED, add_mqtt_args, mqtt_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also serve an OpenAI-compatible HTTP API there (/v1/chat/completions, /v1/completions, "
                         "/v1/models; HTTPS with --tls-cert/--tls-key; port 0 = any free port; default: off)")
     add_common_args(p)
+    add_mqtt_args(p, coordinator=True)
     return p
 
 
@@ -35,7 +37,9 @@ def main(argv: list[str] | None = None) -> None:
         config = CoordinatorConfig(listen=args.listen, node_ttl_s=args.node_ttl_s, node_expiry_s=args.node_expiry_s,
                                    max_nodes=args.max_nodes, heartbeat_interval_s=args.heartbeat_interval_s,
                                    max_message_mib=args.max_message_mib, security=security_from_args(args, parser),
-                                   openai_listen=args.openai_listen)
+                                   openai_listen=args.openai_listen, mqtt=mqtt_from_args(args, parser),
+                                   cluster=args.cluster,
+                                   mqtt_listen=None if args.mqtt_listen == NO_EMBEDDED else args.mqtt_listen)
     except ValueError as exc:
         parser.error(str(exc))
     from edgecloud.coordinator.node import serve

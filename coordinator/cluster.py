@@ -36,6 +36,7 @@ from edgecloud.errors import (
     Unavailable,
     clip,
 )
+from edgecloud.telemetry import INSTANCE_LABEL
 
 
 class DuplicateInstance(AlreadyExists):
@@ -245,6 +246,7 @@ class Cluster:
         stale or offline entry is replaced by whoever registers the id next.
         """
         validate_node(info, self.limits)
+        instance = instance or info.labels.get(INSTANCE_LABEL, "")
         with self._lock:
             now = self._clock()
             self._expire(now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edgecloud.mqtt import MqttConfig
 from edgecloud.rpc import SecurityConfig
 
 NODE_STATUS_OVERHEAD_BYTES = 512  # per node in GetClusterStatus, beyond its text (numbers, tags, load)
@@ -19,6 +20,9 @@ class CoordinatorConfig:
     request_timeout_s: float = 3600.0  # deadline of one forwarded generation stream
     max_message_mib: float = 4.0  # largest gRPC message sent or received
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    mqtt: MqttConfig | None = None  # the telemetry broker (None: the embedded one, unless mqtt_listen is None)
+    mqtt_listen: str | None = "127.0.0.1:1883"  # the embedded broker's loopback address (None: no telemetry)
+    cluster: str = "default"  # topic namespace when the broker is the embedded one
     openai_listen: str | None = None  # host:port of the OpenAI-compatible HTTP API (None: off; port 0 = any)
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ from edgecloud import rpc
 from edgecloud.coordinator.cluster import Cluster, ClusterLimits
 from edgecloud.coordinator.config import NODE_STATUS_OVERHEAD_BYTES, CoordinatorConfig
 from edgecloud.coordinator.service import NODE_METHODS, CoordinatorServicer
+from edgecloud.coordinator.telemetry import CoordinatorTelemetry
 from edgecloud.daemon import serve_until_stopped
 from edgecloud.processes import announce_endpoint
 from edgecloud.v1 import coordinator_pb2_grpc
@@ -39,11 +40,16 @@ async def serve(config: CoordinatorConfig) -> None:
                               max_message_bytes=config.max_message_bytes)
         openai.attach(server)  # its private socket to this server, bound with the gRPC listener
 
+    telemetry = CoordinatorTelemetry(servicer.cluster, mqtt=config.mqtt, embedded_listen=config.mqtt_listen,
+                                     cluster_name=config.cluster)
+
     async def started(_address: str) -> None:
         if openai is not None:
             announce_endpoint("openai", await openai.start())  # printed before the READY line
+        await telemetry.start()
 
     async def stopping() -> None:
+        await telemetry.close()
         if openai is not None:
             await openai.close()
         await servicer.close()

@@ -10,6 +10,7 @@ from edgecloud.daemon_args import (
     run_daemon,
 )
 from edgecloud.edge_node.config import EdgeConfig
+from edgecloud.mqtt_args import add_mqtt_args, mqtt_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-cloud-speedup", type=float, default=1.0,
                    help="the cloud's compute speed over this node's until measured (split planner)")
     add_common_args(p)
+    add_mqtt_args(p)
     return p
 
 
@@ -58,7 +60,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, security = parse_node_args(build_parser(), argv)
+    parser = build_parser()
+    args, security = parse_node_args(parser, argv)
     config = EdgeConfig(model=args.model, listen=args.listen, advertise=args.advertise, node_id=args.node_id,
                         dtype=args.dtype, threads=args.threads, cloud=args.cloud, coordinator=args.coordinator,
                         max_tokens_limit=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
                         cloud_timeout_s=args.cloud_timeout_s,
                         reward_head=args.reward_head, cloud_prefetch=args.cloud_prefetch, split_model=args.split_model,
                         split_cuts=_ints(args.split_cuts), split_codecs=_names(args.split_codecs),
-                        split_cloud_speedup=args.split_cloud_speedup, security=security)
+                        split_cloud_speedup=args.split_cloud_speedup, security=security,
+                        mqtt=mqtt_from_args(args, parser))
     from edgecloud.edge_node.node import serve
 
     run_daemon("edgecloud edge", serve, config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edgecloud.mqtt import MqttConfig
 from edgecloud.rpc import SecurityConfig
 
 
@@ -30,3 +31,4 @@ class EdgeConfig:
     split_codecs: tuple[str, ...] = ("fp16",)  # candidate activation codecs at the cut (edgecloud.activations)
     split_cloud_speedup: float = 1.0  # the cloud's speed over this node's, until the cloud's compute is measured
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    mqtt: MqttConfig | None = None  # telemetry and discovery broker (None: no telemetry)

@@ -18,6 +18,7 @@ from edgecloud.edge_node.service import EdgeNodeServicer
 from edgecloud.edge_node.split_engine import CutChooser, SplitEngine
 from edgecloud.edge_node.tail_client import GrpcTailLink, tail_request_bytes
 from edgecloud.kernels.codecs import parse_codec
+from edgecloud.links import LinkTable, MeasuredLink
 from edgecloud.models.dtypes import parse_dtype
 from edgecloud.models.loader import load_model, model_display_name, resolve_source
 from edgecloud.models.tokenizer import Tokenizer
@@ -122,8 +123,11 @@ async def serve(config: EdgeConfig) -> None:
             await agents[0].refresh()
 
     split = load_split(config)
+    links = LinkTable()  # RTT and bandwidth to each cloud, from verify calls (link telemetry)
     servicer = EdgeNodeServicer(engine, node_id=config.node_id, model_name=model_name, default_cloud=config.cloud,
-                                link_factory=channels.link, default_prefetch=config.cloud_prefetch,
+                                link_factory=lambda address, request: MeasuredLink(channels.link(address, request),
+                                                                                    links),
+                                default_prefetch=config.cloud_prefetch,
                                 allowed_clouds=allowed_clouds, refresh_clouds=refresh_clouds, split=split,
                                 tail_link_factory=channels.tail_link)
     server = rpc.create_server(config.security, max_message_bytes=MAX_MESSAGE_BYTES)
@@ -144,4 +148,5 @@ async def serve(config: EdgeConfig) -> None:
                             str(model.device))
     await serve_node("edge", server, identity, listen=config.listen, security=config.security, load=load,
                      coordinator=config.coordinator, heartbeat_interval_s=config.heartbeat_interval_s,
-                     advertise=config.advertise, on_stopping=stopping, on_agent=agents.append)
+                     advertise=config.advertise, on_stopping=stopping, on_agent=agents.append, mqtt=config.mqtt,
+                     links=links.peers)

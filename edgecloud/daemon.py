@@ -13,7 +13,10 @@ from dataclasses import dataclass
 import grpc
 
 from edgecloud import __version__, rpc
+from edgecloud.mqtt import MqttConfig
 from edgecloud.processes import announce_ready
+from edgecloud.telemetry import INSTANCE_LABEL, PeerLink
+from edgecloud.telemetry_node import DuplicateNode, NodeTelemetry
 from edgecloud.v1 import common_pb2
 from edgecloud.v1 import coordinator_pb2 as coord_pb
 from edgecloud.v1 import coordinator_pb2_grpc as coord_grpc
@@ -138,11 +141,11 @@ async def serve_until_stopped(name: str, server: grpc.aio.Server, listen: str, s
                               *, advertise: str | None = None,
                               on_started: Callable[[str], Awaitable[None]] | None = None,
                               on_stopping: Callable[[], Awaitable[None]] | None = None,
-                              grace_s: float = 5.0) -> None:
-    """Start ``server`` on ``listen``, announce readiness, then run until SIGINT/SIGTERM."""
+                              grace_s: float = 5.0, stop: asyncio.Event | None = None) -> None:
+    """Start ``server`` on ``listen``, announce readiness, then run until SIGINT/SIGTERM (or ``stop`` is set)."""
     port = await rpc.start_server(server, listen, security)
     address = advertised_address(listen, port, advertise)
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -174,20 +177,30 @@ async def serve_node(name: str, server: grpc.aio.Server, identity: NodeIdentity,
                      security: rpc.SecurityConfig, load: Callable[[], common_pb2.NodeLoad],
                      coordinator: str | None, heartbeat_interval_s: float, advertise: str | None = None,
                      on_stopping: Callable[[], Awaitable[None]] | None = None,
-                     on_agent: Callable[[CoordinatorAgent], None] | None = None) -> None:
-    """``serve_until_stopped`` for an edge or cloud node, registered with ``coordinator`` if given.
+                     on_agent: Callable[[CoordinatorAgent], None] | None = None, mqtt: MqttConfig | None = None,
+                     links: Callable[[], tuple[PeerLink, ...]] = tuple) -> None:
+    """``serve_until_stopped`` for an edge or cloud node, registered with ``coordinator`` if given and
+    announced over MQTT (``mqtt``: info, status, load and ``links``) if given.
 
-    ``on_agent`` receives the ``CoordinatorAgent`` once it has started (e.g. for its cloud list).
+    ``on_agent`` receives the ``CoordinatorAgent`` once it has started (e.g. for its cloud list). An id
+    already online under another instance (or refused by the coordinator) raises ``DuplicateNode``.
     """
     agent: CoordinatorAgent | None = None
+    telemetry: NodeTelemetry | None = None
+    refused = asyncio.Event()
 
     async def started(address: str) -> None:
-        nonlocal agent
+        nonlocal agent, telemetry
+        info = common_pb2.NodeInfo(node_id=identity.node_id, role=identity.role, address=address,
+                                   models=[identity.model_name], capabilities=list(identity.capabilities),
+                                   version=__version__, compute=common_pb2.ComputeProfile(
+                                       device=identity.device, cpu_cores=os.cpu_count() or 0))
+        if mqtt is not None:
+            telemetry = NodeTelemetry(mqtt, info, load, links)
+            telemetry.refused = refused
+            await telemetry.start()  # before READY: a duplicate id never becomes ready
+            info.labels[INSTANCE_LABEL] = telemetry.instance
         if coordinator:
-            info = common_pb2.NodeInfo(node_id=identity.node_id, role=identity.role, address=address,
-                                       models=[identity.model_name], capabilities=list(identity.capabilities),
-                                       version=__version__, compute=common_pb2.ComputeProfile(
-                                           device=identity.device, cpu_cores=os.cpu_count() or 0))
             agent = CoordinatorAgent(coordinator, info, load, security=security, interval_s=heartbeat_interval_s)
             await agent.start()
             if on_agent is not None:
@@ -196,8 +209,12 @@ async def serve_node(name: str, server: grpc.aio.Server, identity: NodeIdentity,
     async def stopping() -> None:
         if agent is not None:
             await agent.close()
+        if telemetry is not None:
+            await telemetry.close()
         if on_stopping is not None:
             await on_stopping()
 
     await serve_until_stopped(name, server, listen, security, advertise=advertise, on_started=started,
-                              on_stopping=stopping)
+                              on_stopping=stopping, stop=refused)
+    if refused.is_set() and telemetry is not None:
+        raise DuplicateNode(telemetry.refusal)

@@ -28,6 +28,7 @@ MAX_TEXT_CHARS = 255
 MAX_LIST_ITEMS = 16
 MAX_COUNT = 2**53  # the largest integer JSON carries exactly
 _INSTANCE = re.compile(r"[0-9a-f]{8,64}")
+INSTANCE_LABEL = "edgecloud.instance"  # a gRPC registration's label naming its process's telemetry instance
 
 
 class BadPayload(ValueError):

@@ -39,7 +39,6 @@ from edgecloud.v1 import common_pb2
 log = logging.getLogger(__name__)
 
 ROLE_NAMES = {common_pb2.NODE_ROLE_EDGE: "edge", common_pb2.NODE_ROLE_CLOUD: "cloud"}
-INSTANCE_LABEL = "edgecloud.instance"  # the gRPC registration's label naming the MQTT instance
 _ERRORS = (aiomqtt.MqttError, OSError, ssl.SSLError, TimeoutError)
 
 
