@@ -216,5 +216,5 @@ async def serve_node(name: str, server: grpc.aio.Server, identity: NodeIdentity,
 
     await serve_until_stopped(name, server, listen, security, advertise=advertise, on_started=started,
                               on_stopping=stopping, stop=refused)
-    if refused.is_set() and telemetry is not None:
+    if telemetry is not None and telemetry.refusal:  # (a signal sets ``refused`` too)
         raise DuplicateNode(telemetry.refusal)

@@ -257,7 +257,7 @@ class NodeTelemetry:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._client is not None and self._announced and not self.refused.is_set():
+        if self._client is not None and self._announced and not self.refusal:
             with contextlib.suppress(*_ERRORS):
                 await asyncio.wait_for(self._client.publish(
                     self.topic("status"), StatusMsg(self.instance, "offline", self.address).encode(), qos=1,
