@@ -256,7 +256,8 @@ def _messages(value: Any) -> list[generation_pb2.ChatMessage]:
 
 def _options(body: dict[str, Any]) -> dict[str, Any]:
     """The routing options: top-level fields, overridden by those of the ``edgecloud`` object."""
-    extension = body.get(EXTENSION) or {}
+    extension = body.get(EXTENSION)
+    extension = {} if extension is None else extension
     if not isinstance(extension, dict):
         raise invalid(f"'{EXTENSION}' must be an object", EXTENSION)
     unknown = sorted(set(extension) - set(OPTIONS))

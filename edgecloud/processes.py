@@ -22,6 +22,7 @@ from pathlib import Path
 
 READY_PREFIX = "EDGECLOUD_READY"
 ENDPOINT_PREFIX = "EDGECLOUD_ENDPOINT"
+MAX_LINE_BYTES = 4096  # of a line on a starting daemon's stdout (the rest is dropped)
 
 
 class DaemonStartError(RuntimeError):
@@ -105,8 +106,12 @@ def _wait_for_ready(process: subprocess.Popen, name: str, timeout_s: float,
                     endpoints: dict[str, str] | None = None) -> str:
     assert process.stdout is not None
     deadline = time.monotonic() + timeout_s
+    # Byte by byte from the pipe itself: a buffered readline could swallow the READY line that came
+    # in one chunk with an earlier line, and select() would then wait for data already read.
+    fd = process.stdout.fileno()
+    line = bytearray()
     with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
+        selector.register(fd, selectors.EVENT_READ)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -115,11 +120,15 @@ def _wait_for_ready(process: subprocess.Popen, name: str, timeout_s: float,
                 if process.poll() is not None:
                     raise DaemonStartError(f"{name} exited with code {process.returncode} before it was ready")
                 continue
-            line = process.stdout.readline()
-            if not line:
+            byte = os.read(fd, 1)
+            if not byte:
                 process.wait(timeout=5)
                 raise DaemonStartError(f"{name} exited with code {process.returncode} before it was ready")
-            parts = line.split()
+            if byte != b"\n":
+                line += byte if len(line) < MAX_LINE_BYTES else b""
+                continue
+            parts = line.decode(errors="replace").split()
+            line.clear()
             if len(parts) == 3 and parts[0] == READY_PREFIX:
                 return parts[2]
             if len(parts) == 3 and parts[0] == ENDPOINT_PREFIX and endpoints is not None:
