@@ -38,7 +38,8 @@ C = grpc.StatusCode
 ALLOWED = frozenset({C.OK, C.INVALID_ARGUMENT, C.RESOURCE_EXHAUSTED, C.NOT_FOUND, C.FAILED_PRECONDITION,
                      C.OUT_OF_RANGE})
 # Domain answers a method gives by design, beyond ALLOWED (errors.py): the registry's lease checks,
-# a cloud_address the edge does not know (PERMISSION_DENIED, passed on by the coordinator).
+# a cloud_address the edge does not know (PERMISSION_DENIED, passed on by the coordinator), a taken
+# session id.
 EXTRA: dict[str, frozenset[grpc.StatusCode]] = {
     "/edgecloud.v1.Coordinator/RegisterNode": frozenset({C.ALREADY_EXISTS}),
     "/edgecloud.v1.Coordinator/Heartbeat": frozenset({C.PERMISSION_DENIED}),
@@ -46,6 +47,7 @@ EXTRA: dict[str, frozenset[grpc.StatusCode]] = {
     # no live node for the named model or capability: UNAVAILABLE by design (Cluster.place; retry later)
     "/edgecloud.v1.Coordinator/Generate": frozenset({C.PERMISSION_DENIED, C.UNAVAILABLE}),
     "/edgecloud.v1.EdgeNode/Generate": frozenset({C.PERMISSION_DENIED}),
+    "/edgecloud.v1.CloudNode/OpenSession": frozenset({C.ALREADY_EXISTS}),  # a session_id the client chose, taken
 }
 SERVICES = {"coordinator": coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"],
             "edge": edge_node_pb2.DESCRIPTOR.services_by_name["EdgeNode"],
