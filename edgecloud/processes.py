@@ -78,6 +78,10 @@ class DaemonProcess:
     def close(self, grace_s: float = 10.0) -> int | None:
         return _stop(self.process, grace_s)
 
+    def kill(self) -> int | None:
+        """SIGKILL the daemon (no graceful stop, no deregistration: a crash) and reap it."""
+        return _stop(self.process, grace_s=0.0, sig=signal.SIGKILL)
+
 
 @dataclass
 class DaemonGroup:
@@ -135,11 +139,11 @@ def _wait_for_ready(process: subprocess.Popen, name: str, timeout_s: float,
                 endpoints[parts[1]] = parts[2]
 
 
-def _stop(process: subprocess.Popen, grace_s: float) -> int | None:
+def _stop(process: subprocess.Popen, grace_s: float, sig: signal.Signals = signal.SIGINT) -> int | None:
     if process.poll() is None:
         try:
-            os.killpg(process.pid, signal.SIGINT)
-            process.wait(timeout=grace_s)
+            os.killpg(process.pid, sig)
+            process.wait(timeout=grace_s if sig != signal.SIGKILL else 5)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=5)
