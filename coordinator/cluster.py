@@ -223,13 +223,17 @@ class Cluster:
     """
 
     def __init__(self, *, ttl_s: float = 15.0, expiry_s: float = 300.0, limits: ClusterLimits | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 restart_after_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
         if expiry_s < ttl_s:
             raise ValueError(f"expiry_s ({expiry_s}) must be >= ttl_s ({ttl_s})")
         self.ttl_s = ttl_s
         self.expiry_s = expiry_s
+        # A node silent this long that registers again at the same address under a new lease is the
+        # same node restarted (a live process would have sent a heartbeat by then): it takes the entry
+        # over at once instead of waiting out ``ttl_s``. None: a third of the TTL.
+        self.restart_after_s = ttl_s / 3 if restart_after_s is None else restart_after_s
         self.limits = limits or ClusterLimits()
         self.totals = Totals()
         self._clock = clock
@@ -241,8 +245,9 @@ class Cluster:
     def register(self, info: NodeInfo, load: Load | None = None, *, lease: str = "", instance: str = "") -> str:
         """Add or refresh a node; returns its lease.
 
-        A live id under another lease is not replaced (AlreadyExists), whatever its address: only
-        the holder of the lease (or the same process, by ``instance``) moves or refreshes it. A
+        A live id under another lease is not replaced (AlreadyExists): only the holder of the lease
+        (or the same process, by ``instance``) moves or refreshes it — except a registration at the
+        entry's own address after ``restart_after_s`` of silence (the node restarted in place). A
         stale or offline entry is replaced by whoever registers the id next.
         """
         validate_node(info, self.limits)
@@ -254,10 +259,12 @@ class Cluster:
             if old is not None:
                 holder = ((bool(lease) and hmac.compare_digest(lease.encode(), old.lease.encode()))
                           or (bool(instance) and instance == old.instance))
-                if not holder and self._live(old, now):
+                restarted = info.address == old.address and now - old.last_seen >= self.restart_after_s
+                if not holder and not restarted and self._live(old, now):
                     raise AlreadyExists(f"node {clip(info.node_id)} is registered (at {clip(old.address)}) under "
                                         "another lease; register with its lease, or wait until it has been "
-                                        f"silent for {self.ttl_s:g} s")
+                                        f"silent for {self.ttl_s:g} s ({self.restart_after_s:g} s when "
+                                        "registering at its address)")
                 new_lease = old.lease if holder else secrets.token_urlsafe(24)
                 rtt = old.rtt_ms if holder else {}
             else:
@@ -380,8 +387,20 @@ class Cluster:
         return [v.info for v in self.nodes() if not v.suspect and (role is None or v.info.role == role)]
 
     def cloud_addresses(self) -> list[str]:
-        """Addresses of the live cloud nodes (what an edge may let requests name)."""
-        return sorted({n.address for n in self.live(Role.CLOUD)})
+        """Addresses of the registered cloud nodes, live or not yet forgotten (what an edge may let
+        requests name: a cloud that is down is still one this cluster registered)."""
+        return sorted({v.info.address for v in self.nodes(include_stale=True) if v.info.role == Role.CLOUD})
+
+    def last_known(self, role: Role, model: str | None = None, *, capability: int | None = None) -> NodeInfo | None:
+        """The most recently heard node of ``role`` (live or not, not yet forgotten) that runs ``model``
+        and has ``capability``: where a request goes when no such node is live, to be served degraded
+        until it is back."""
+        with self._lock:
+            self._expire(self._clock())
+            candidates = [n for n in self._nodes.values()
+                          if n.info.role == role and (model is None or model in n.info.models)
+                          and (capability is None or capability in n.info.capabilities)]
+        return max(candidates, key=lambda n: n.last_seen).info if candidates else None
 
     # Placement ------------------------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ def build_cluster(config: CoordinatorConfig) -> Cluster:
         most = config.max_message_bytes // (4 * limits.max_node_chars + NODE_STATUS_OVERHEAD_BYTES)
         raise ValueError(f"--max-nodes {config.max_nodes} would not fit GetClusterStatus in "
                          f"--max-message-mib {config.max_message_mib:g} (at most {most} nodes)")
-    return Cluster(ttl_s=config.node_ttl_s, expiry_s=config.node_expiry_s, limits=limits)
+    return Cluster(ttl_s=config.node_ttl_s, expiry_s=config.node_expiry_s, limits=limits,
+                   restart_after_s=1.5 * config.heartbeat_interval_s)
 
 
 async def serve(config: CoordinatorConfig) -> None:

@@ -11,7 +11,7 @@ import grpc
 
 from edgecloud import __version__, rpc
 from edgecloud.coordinator.cluster import Cluster, Compute, Load, NodeInfo, NodeView, Role, check_request
-from edgecloud.errors import DomainError, InvalidInput, clip, status_for
+from edgecloud.errors import DomainError, InvalidInput, Unavailable, clip, status_for
 from edgecloud.routing.policies import POLICIES
 from edgecloud.split.llm import SPLIT_POLICY
 from edgecloud.v1 import common_pb2, edge_node_pb2, edge_node_pb2_grpc, generation_pb2
@@ -152,14 +152,29 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         return self.cluster.place(Role.EDGE, request.edge_model or None, exclude=tried,
                                   capability=_needs(request.policy, Role.EDGE))
 
+    def _cloud(self, request: generation_pb2.GenerateRequest) -> NodeInfo | None:
+        """The cloud for ``request`` (None for slm-only). With none live, a token-routing request goes
+        to the last known one: the edge serves it degraded (SLM-only) and resumes routing when the
+        cloud answers again. A split request cannot run without its tail: UNAVAILABLE."""
+        if (request.policy or "slm-only") == "slm-only":
+            return None
+        model, capability = request.cloud_model or None, _needs(request.policy, Role.CLOUD)
+        try:
+            return self.cluster.place(Role.CLOUD, model, capability=capability)
+        except Unavailable:
+            cloud = None if request.policy == SPLIT_POLICY else self.cluster.last_known(Role.CLOUD, model)
+            if cloud is None:
+                raise
+            log.warning("no live cloud node: %s goes to %s (last heard of), served degraded until it answers",
+                        request.policy, cloud.node_id)
+            return cloud
+
     async def Generate(self, request: generation_pb2.GenerateRequest, context):
         try:
             check_request(prompt=request.prompt, has_messages=bool(request.messages), max_tokens=request.max_tokens,
                           policy=request.policy, policies=[*POLICIES, SPLIT_POLICY],
                           max_tokens_limit=self.max_tokens_limit)
-            needs_cloud = (request.policy or "slm-only") != "slm-only"
-            cloud = self.cluster.place(Role.CLOUD, request.cloud_model or None,
-                                       capability=_needs(request.policy, Role.CLOUD)) if needs_cloud else None
+            cloud = self._cloud(request)
             edge = self._edge(request, [])
         except DomainError as exc:
             await context.abort(*status_for(exc))
