@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
                          max_kv_mib=args.max_kv_mib, max_window_tokens=args.max_window_tokens,
                          max_tokens_per_session=args.max_tokens_per_session,
                          session_idle_ttl_s=args.session_idle_ttl_s, split_tail=not args.no_split_tail,
-                         security=security, mqtt=mqtt_from_args(args, parser))
+                         security=security, mqtt=mqtt_from_args(args, parser),
+                         metrics_listen=args.metrics_listen)
     from edgecloud.cloud_node.node import serve
 
     run_daemon("edgecloud cloud", serve, config)

@@ -25,4 +25,5 @@ class CloudConfig:
     coordinator: str | None = None  # register and heartbeat there when given
     heartbeat_interval_s: float = 5.0
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    metrics_listen: str | None = None  # host:port of GET /metrics (Prometheus; None: off; port 0 = any)
     mqtt: MqttConfig | None = None  # telemetry and discovery broker (None: no telemetry)

@@ -48,4 +48,4 @@ async def serve(config: CloudConfig) -> None:
                             str(model.device))
     await serve_node("cloud", server, identity, listen=config.listen, security=config.security, load=load,
                      coordinator=config.coordinator, heartbeat_interval_s=config.heartbeat_interval_s,
-                     advertise=config.advertise, mqtt=config.mqtt)
+                     advertise=config.advertise, mqtt=config.mqtt, metrics_listen=config.metrics_listen)

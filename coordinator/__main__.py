@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         config = CoordinatorConfig(listen=args.listen, node_ttl_s=args.node_ttl_s, node_expiry_s=args.node_expiry_s,
                                    max_nodes=args.max_nodes, heartbeat_interval_s=args.heartbeat_interval_s,
                                    max_message_mib=args.max_message_mib, security=security_from_args(args, parser),
+                                   metrics_listen=args.metrics_listen,
                                    openai_listen=args.openai_listen, mqtt=mqtt_from_args(args, parser),
                                    cluster=args.cluster,
                                    mqtt_listen=None if args.mqtt_listen == NO_EMBEDDED else args.mqtt_listen)

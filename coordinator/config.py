@@ -20,6 +20,7 @@ class CoordinatorConfig:
     request_timeout_s: float = 3600.0  # deadline of one forwarded generation stream
     max_message_mib: float = 4.0  # largest gRPC message sent or received
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    metrics_listen: str | None = None  # host:port of GET /metrics (Prometheus; None: off; port 0 = any)
     mqtt: MqttConfig | None = None  # the telemetry broker (None: the embedded one, unless mqtt_listen is None)
     mqtt_listen: str | None = "127.0.0.1:1883"  # the embedded broker's loopback address (None: no telemetry)
     cluster: str = "default"  # topic namespace when the broker is the embedded one

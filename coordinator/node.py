@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from edgecloud import rpc
-from edgecloud.coordinator.cluster import Cluster, ClusterLimits
+from edgecloud.coordinator.cluster import Cluster, ClusterLimits, Role
 from edgecloud.coordinator.config import NODE_STATUS_OVERHEAD_BYTES, CoordinatorConfig
 from edgecloud.coordinator.service import NODE_METHODS, CoordinatorServicer
 from edgecloud.coordinator.telemetry import CoordinatorTelemetry
 from edgecloud.daemon import serve_until_stopped
+from edgecloud.metrics import bind_gauge
 from edgecloud.processes import announce_endpoint
 from edgecloud.v1 import coordinator_pb2_grpc
 
@@ -41,6 +42,11 @@ async def serve(config: CoordinatorConfig) -> None:
                               max_message_bytes=config.max_message_bytes)
         openai.attach(server)  # its private socket to this server, bound with the gRPC listener
 
+    cluster = servicer.cluster
+    bind_gauge("active_requests", "Generations being forwarded now.", lambda: cluster.totals.active_requests)
+    for role in Role:
+        bind_gauge(f"live_{role.value}_nodes", f"Placeable {role.value} nodes.", lambda role=role: len(cluster.live(role)))
+
     telemetry = CoordinatorTelemetry(servicer.cluster, mqtt=config.mqtt, embedded_listen=config.mqtt_listen,
                                      cluster_name=config.cluster)
 
@@ -57,7 +63,7 @@ async def serve(config: CoordinatorConfig) -> None:
 
     try:
         await serve_until_stopped("coordinator", server, config.listen, config.security, on_started=started,
-                                  on_stopping=stopping)
+                                  on_stopping=stopping, metrics_listen=config.metrics_listen)
     finally:
         if openai is not None:
             await openai.close()  # also when the gRPC listener never started

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hmac
 import json
 import logging
 import math
 import secrets
 import shutil
-import ssl
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +37,7 @@ from aiohttp import web
 from edgecloud import rpc
 from edgecloud.client import SOURCES
 from edgecloud.errors import clip
+from edgecloud.http_listen import HttpListener, bearer_ok, split_listen
 from edgecloud.summary import Summary
 from edgecloud.summary import from_proto as summary_from_proto
 from edgecloud.v1 import common_pb2, generation_pb2
@@ -470,7 +469,7 @@ class Gateway:
     def __init__(self, stub: coord_grpc.CoordinatorStub, *, auth_token: str | None = None,
                  request_timeout_s: float = 3600.0, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self.stub = stub
-        self._expected = f"Bearer {auth_token}".encode() if auth_token else None
+        self._token = auth_token
         self.request_timeout_s = request_timeout_s
         self.max_in_flight = max_in_flight
         self.in_flight = 0
@@ -500,10 +499,8 @@ class Gateway:
                                            f"{exc.reason}", type=kind, code=exc.reason.lower().replace(" ", "_")))
 
     def _authorize(self, request: web.Request) -> None:
-        if self._expected is None:
-            return
         given = request.headers.get("Authorization")
-        if given is not None and hmac.compare_digest(given.encode(), self._expected):
+        if bearer_ok(given, self._token):
             return
         why = "missing" if given is None else "invalid"
         raise ApiError(401, f"{why} API key: send 'Authorization: Bearer <token>' with the coordinator's client "
@@ -617,27 +614,6 @@ async def _read(call) -> generation_pb2.GenerateEvent | None:
 
 # Serving -----------------------------------------------------------------------------------------------
 
-def split_listen(listen: str) -> tuple[str, int]:
-    """(host, port) of ``host:port`` (``[v6]:port`` too); ValueError when malformed."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"openai listen address {clip(listen)} is not host:port (port 0..65535)")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    return host or "127.0.0.1", int(port)
-
-
-def server_ssl(security: rpc.SecurityConfig) -> ssl.SSLContext | None:
-    """The HTTPS context of the coordinator's TLS certificate and key (None without TLS)."""
-    if not security.server_tls:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(str(security.tls_cert_path), str(security.tls_key_path))
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"cannot load the TLS certificate and key for the OpenAI API: {exc}") from exc
-    return context
-
-
 class OpenAIServer:
     """The HTTP listener and its private gRPC channel to the coordinator it runs in.
 
@@ -654,11 +630,11 @@ class OpenAIServer:
         self.url = ""
         self._folder: Path | None = None
         self._channel: grpc.aio.Channel | None = None
-        self._runner: web.AppRunner | None = None
+        self._listener: HttpListener | None = None
 
     def attach(self, server: grpc.aio.Server) -> None:
         """Give ``server`` the private Unix socket this API dials (a folder only this user can enter)."""
-        split_listen(self.listen)
+        split_listen(self.listen, "openai listen")
         self._folder = Path(tempfile.mkdtemp(prefix="edgecloud-openai-"))
         if server.add_insecure_port(f"unix:{self._folder / 'grpc.sock'}") == 0:
             raise OSError("cannot bind the OpenAI API's private gRPC socket")
@@ -671,27 +647,18 @@ class OpenAIServer:
                                            max_message_bytes=self.max_message_bytes)
         gateway = Gateway(coord_grpc.CoordinatorStub(self._channel), auth_token=self.security.auth_token,
                           request_timeout_s=self.request_timeout_s)
-        host, port = split_listen(self.listen)
-        context = server_ssl(self.security)
-        self._runner = web.AppRunner(gateway.app(), access_log=None)
-        await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, host, port, ssl_context=context).start()
-        except OSError as exc:
-            raise OSError(f"cannot listen on {self.listen!r} for the OpenAI API: {exc.strerror}") from exc
-        bound = self._runner.addresses[0][1]
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else (f"[{host}]" if ":" in host else host)
-        self.url = f"{'https' if context else 'http'}://{shown}:{bound}/v1"
+        self._listener = HttpListener(gateway.app(), self.listen, self.security, what="OpenAI API")
+        self.url = f"{await self._listener.start()}/v1"
         log.info("OpenAI-compatible API on %s%s", self.url, " (bearer token required)" if self.security.auth_token
                  else "")
         return self.url
 
     async def close(self) -> None:
         """Stop the listener, close the channel, remove the socket's folder (twice is harmless)."""
-        runner, channel, folder = self._runner, self._channel, self._folder
-        self._runner = self._channel = self._folder = None
-        if runner is not None:
-            await runner.cleanup()
+        listener, channel, folder = self._listener, self._channel, self._folder
+        self._listener = self._channel = self._folder = None
+        if listener is not None:
+            await listener.close()
         if channel is not None:
             await channel.close()
         if folder is not None:

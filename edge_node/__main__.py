@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
                         reward_head=args.reward_head, cloud_prefetch=args.cloud_prefetch, split_model=args.split_model,
                         split_cuts=_ints(args.split_cuts), split_codecs=_names(args.split_codecs),
                         split_cloud_speedup=args.split_cloud_speedup, security=security,
+                        metrics_listen=args.metrics_listen,
                         mqtt=mqtt_from_args(args, parser))
     from edgecloud.edge_node.node import serve
 

@@ -31,4 +31,5 @@ class EdgeConfig:
     split_codecs: tuple[str, ...] = ("fp16",)  # candidate activation codecs at the cut (edgecloud.activations)
     split_cloud_speedup: float = 1.0  # the cloud's speed over this node's, until the cloud's compute is measured
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    metrics_listen: str | None = None  # host:port of GET /metrics (Prometheus; None: off; port 0 = any)
     mqtt: MqttConfig | None = None  # telemetry and discovery broker (None: no telemetry)

@@ -19,6 +19,7 @@ from edgecloud.edge_node.split_engine import CutChooser, SplitEngine
 from edgecloud.edge_node.tail_client import GrpcTailLink, tail_request_bytes
 from edgecloud.kernels.codecs import parse_codec
 from edgecloud.links import LinkTable, MeasuredLink
+from edgecloud.metrics import bind_gauge
 from edgecloud.models.dtypes import parse_dtype
 from edgecloud.models.loader import load_model, model_display_name, resolve_source
 from edgecloud.models.tokenizer import Tokenizer
@@ -136,6 +137,8 @@ async def serve(config: EdgeConfig) -> None:
     # so that the first request asking for a target cloud share does not wait for all of it.
     warm_up = asyncio.create_task(asyncio.to_thread(engine.calibration_features))
 
+    bind_gauge("slm_queue_depth", "SLM forwards waiting for the scheduler.", lambda: engine.scheduler.depth)
+
     def load() -> common_pb2.NodeLoad:
         return common_pb2.NodeLoad(active_requests=servicer.active_requests,
                                    max_sessions=limits.max_active_requests)
@@ -149,4 +152,4 @@ async def serve(config: EdgeConfig) -> None:
     await serve_node("edge", server, identity, listen=config.listen, security=config.security, load=load,
                      coordinator=config.coordinator, heartbeat_interval_s=config.heartbeat_interval_s,
                      advertise=config.advertise, on_stopping=stopping, on_agent=agents.append, mqtt=config.mqtt,
-                     links=links.peers)
+                     links=links.peers, metrics_listen=config.metrics_listen)

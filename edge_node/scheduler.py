@@ -58,6 +58,11 @@ class SlmScheduler:
         self.batches = 0  # forwards run for batched feeds (for tests and status)
         self.batched_feeds = 0
 
+    @property
+    def depth(self) -> int:
+        """Jobs waiting for the worker (the queue depth metric)."""
+        return self._queue.qsize()
+
     async def run(self, fn: Callable[..., Any], *args) -> Any:
         """``fn(*args)`` in the worker thread, in turn with every other request's SLM work."""
         return await self._submit(_Job(self._future(), fn=fn, args=args))

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import replace
 
-from edgecloud import __version__
+from edgecloud import __version__, metrics
 from edgecloud.coalesce import coalesced
 from edgecloud.edge_node.cloud_failover import FailoverCloudLink
 from edgecloud.edge_node.engine import (
@@ -140,6 +140,7 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
                         if accounting is not None:  # the last item
                             summary = summary_to_proto(accounting, policy=policy_name, threshold=threshold,
                                                        edge_node_id=self.node_id)
+                            metrics.record_generation(accounting, policy_name)
                             yield generation_pb2.GenerateEvent(token_id=-1, index=index, summary=summary)
                             break
         except DomainError as exc:

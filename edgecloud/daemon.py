@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import grpc
 
 from edgecloud import __version__, rpc
+from edgecloud.metrics import MetricsServer, bind_gauge
 from edgecloud.mqtt import MqttConfig
-from edgecloud.processes import announce_ready
+from edgecloud.processes import announce_endpoint, announce_ready
 from edgecloud.telemetry import INSTANCE_LABEL, PeerLink
 from edgecloud.telemetry_node import DuplicateNode, NodeTelemetry
 from edgecloud.v1 import common_pb2
@@ -141,8 +142,11 @@ async def serve_until_stopped(name: str, server: grpc.aio.Server, listen: str, s
                               *, advertise: str | None = None,
                               on_started: Callable[[str], Awaitable[None]] | None = None,
                               on_stopping: Callable[[], Awaitable[None]] | None = None,
-                              grace_s: float = 5.0, stop: asyncio.Event | None = None) -> None:
-    """Start ``server`` on ``listen``, announce readiness, then run until SIGINT/SIGTERM (or ``stop`` is set)."""
+                              grace_s: float = 5.0, stop: asyncio.Event | None = None,
+                              metrics_listen: str | None = None) -> None:
+    """Start ``server`` on ``listen`` (and the metrics listener on ``metrics_listen``, its URL announced),
+    announce readiness, then run until SIGINT/SIGTERM (or ``stop`` is set)."""
+    exporter = MetricsServer(metrics_listen, security) if metrics_listen else None
     port = await rpc.start_server(server, listen, security)
     address = advertised_address(listen, port, advertise)
     stop = stop or asyncio.Event()
@@ -150,6 +154,8 @@ async def serve_until_stopped(name: str, server: grpc.aio.Server, listen: str, s
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        if exporter is not None:
+            announce_endpoint("metrics", await exporter.start())
         if on_started is not None:
             await on_started(address)
         announce_ready(name, address)
@@ -160,6 +166,8 @@ async def serve_until_stopped(name: str, server: grpc.aio.Server, listen: str, s
         if on_stopping is not None:
             await on_stopping()
         await server.stop(grace_s)
+        if exporter is not None:
+            await exporter.close()
 
 
 @dataclass(frozen=True)
@@ -173,12 +181,19 @@ class NodeIdentity:
     device: str = "cpu"
 
 
+# Load fields exported as gauges (the same numbers the coordinator and MQTT get).
+LOAD_GAUGES = {"active_sessions": "Sessions held (cloud: KV caches).",
+               "max_sessions": "Sessions (edge: requests) this node admits at once.",
+               "active_requests": "Requests in progress.",
+               "kv_bytes": "Bytes of KV cache held."}
+
+
 async def serve_node(name: str, server: grpc.aio.Server, identity: NodeIdentity, *, listen: str,
                      security: rpc.SecurityConfig, load: Callable[[], common_pb2.NodeLoad],
                      coordinator: str | None, heartbeat_interval_s: float, advertise: str | None = None,
                      on_stopping: Callable[[], Awaitable[None]] | None = None,
                      on_agent: Callable[[CoordinatorAgent], None] | None = None, mqtt: MqttConfig | None = None,
-                     links: Callable[[], tuple[PeerLink, ...]] = tuple) -> None:
+                     links: Callable[[], tuple[PeerLink, ...]] = tuple, metrics_listen: str | None = None) -> None:
     """``serve_until_stopped`` for an edge or cloud node, registered with ``coordinator`` if given and
     announced over MQTT (``mqtt``: info, status, load and ``links``) if given.
 
@@ -188,6 +203,8 @@ async def serve_node(name: str, server: grpc.aio.Server, identity: NodeIdentity,
     agent: CoordinatorAgent | None = None
     telemetry: NodeTelemetry | None = None
     refused = asyncio.Event()
+    for name_, what in LOAD_GAUGES.items():
+        bind_gauge(name_, what, lambda field=name_: getattr(load(), field))
 
     async def started(address: str) -> None:
         nonlocal agent, telemetry
@@ -215,6 +232,6 @@ async def serve_node(name: str, server: grpc.aio.Server, identity: NodeIdentity,
             await on_stopping()
 
     await serve_until_stopped(name, server, listen, security, advertise=advertise, on_started=started,
-                              on_stopping=stopping, stop=refused)
+                              on_stopping=stopping, stop=refused, metrics_listen=metrics_listen)
     if telemetry is not None and telemetry.refusal:  # (a signal sets ``refused`` too)
         raise DuplicateNode(telemetry.refusal)

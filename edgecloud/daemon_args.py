@@ -32,6 +32,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                        help="node token: the credential nodes register with the coordinator by (it "
                             "requires it on RegisterNode/Heartbeat/DeregisterNode); must differ from "
                             "--auth-token (default: $EDGECLOUD_NODE_TOKEN)")
+    group.add_argument("--metrics-listen", metavar="HOST:PORT", default=None,
+                       help="serve Prometheus metrics on http(s)://HOST:PORT/metrics (port 0: any free port, "
+                            "announced on stdout; HTTPS with --tls-cert; the client token with --auth-token)")
     group.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from edgecloud import metrics
 from edgecloud.errors import status_for
 
 log = logging.getLogger(__name__)
@@ -334,24 +335,48 @@ async def _checked(request: Any, context: grpc.aio.ServicerContext, request_stre
     return request
 
 
-def _unary_behavior(inner: Callable, method: str, request_streaming: bool) -> Callable:
-    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        request = await _checked(request, context, request_streaming)
+def _final_code(context: grpc.aio.ServicerContext, cancelled: bool) -> grpc.StatusCode:
+    """The status a served call ended with (for the metrics)."""
+    if cancelled:
+        return grpc.StatusCode.CANCELLED
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.OK)
+
+
+@contextlib.asynccontextmanager
+async def _served(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Count and time the call (``metrics``), map an escaped exception to its status."""
+    cancelled = False
+    with metrics.served(method) as call:
         try:
-            result = inner(request, context)
-            return await result if inspect.isawaitable(result) else result
-        except (grpc.aio.AbortError, asyncio.CancelledError):
+            yield
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        except grpc.aio.AbortError:
             raise
         except Exception as exc:
             await _answer_escaped(exc, method, context)
+        finally:
+            call.code = _final_code(context, cancelled)
+
+
+def _unary_behavior(inner: Callable, method: str, request_streaming: bool) -> Callable:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async with _served(method, context):
+            request = await _checked(request, context, request_streaming)
+            result = inner(request, context)
+            return await result if inspect.isawaitable(result) else result
 
     return behavior
 
 
 def _streaming_behavior(inner: Callable, method: str, request_streaming: bool) -> Callable:
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        request = await _checked(request, context, request_streaming)
-        try:
+        async with _served(method, context):
+            request = await _checked(request, context, request_streaming)
             result = inner(request, context)
             if hasattr(result, "__aiter__"):
                 async with contextlib.aclosing(result) as stream:  # a cancelled call closes the handler's
@@ -362,10 +387,6 @@ def _streaming_behavior(inner: Callable, method: str, request_streaming: bool) -
             else:
                 for item in result:
                     yield item
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            await _answer_escaped(exc, method, context)
 
     return behavior
 

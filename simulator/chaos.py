@@ -30,17 +30,19 @@ class RestartableDaemon:
     """``python -m <args> --listen 127.0.0.1:<free port> --advertise <proxy>``, killable and restartable.
 
     ``args`` are the daemon's own arguments without ``--listen``/``--advertise``; ``profile`` shapes
-    the link to it (default: none).
+    the link to it (default: none); ``advertise=False`` for a daemon that has no such flag (the
+    coordinator: nodes are told its address).
     """
 
     def __init__(self, name: str, args: Sequence[str], loop: LoopThread, *, profile: LinkProfile | None = None,
-                 log_dir: Path | None = None, start_timeout_s: float = 120.0) -> None:
+                 log_dir: Path | None = None, start_timeout_s: float = 120.0, advertise: bool = True) -> None:
         self.name = name
         self.args = list(args)
         self.loop = loop
         self.profile = profile
         self.log_dir = log_dir
         self.start_timeout_s = start_timeout_s
+        self.advertise = advertise
         self.proxy: ShapingProxy | None = None
         self.daemon: DaemonProcess | None = None
         self.restarts = 0
@@ -65,9 +67,9 @@ class RestartableDaemon:
         # The READY line names the advertised address (the proxy's), so the daemon's own port is chosen here.
         port = free_port()
         self.loop.run(self._point_at(("127.0.0.1", port)))
-        self.daemon = DaemonProcess.start(log_name, [*self.args, "--listen", f"127.0.0.1:{port}", "--advertise",
-                                                     self.address], log_dir=self.log_dir,
-                                          timeout_s=self.start_timeout_s)
+        advertise = ["--advertise", self.address] if self.advertise else []
+        self.daemon = DaemonProcess.start(log_name, [*self.args, "--listen", f"127.0.0.1:{port}", *advertise],
+                                          log_dir=self.log_dir, timeout_s=self.start_timeout_s)
         return time.monotonic()
 
     async def _point_at(self, upstream: tuple[str, int]) -> None:

@@ -1,4 +1,5 @@
-"""A cloud killed (SIGKILL) mid-generation costs no request: real coordinator, edge and cloud processes.
+"""A cloud killed (SIGKILL) mid-generation costs no request, a restarted coordinator loses no node: real
+coordinator, edge and cloud processes.
 
 The cloud sits behind the simulator's shaping proxy (a stable address, 5 ms each way so that a
 generation spans many round trips); it is killed at a random token of a streaming request and
@@ -107,3 +108,39 @@ def test_twenty_kills_at_random_tokens(chaos) -> None:
         assert summary.degraded_tokens > 0, f"kill {i} at token {kill_at}: nothing marked degraded"
         cloud.restart()
         _resumed(client, policy, within_s=10)
+
+
+def test_a_restarted_coordinator_loses_no_node(tmp_path, make_tiny_pair) -> None:
+    """SIGKILL the coordinator, start it again at the same address: both nodes re-register on their
+    next heartbeat (NOT_FOUND from the fresh registry) and a routed request works."""
+    folders = make_tiny_pair(tmp_path, (21, 22))
+    with LoopThread("coordinator-proxy") as loop, DaemonGroup(log_dir=tmp_path / "logs") as group:
+        coordinator = RestartableDaemon("coordinator", ["-m", "edgecloud.coordinator", "--heartbeat-interval-s",
+                                                        "0.5", "--mqtt-listen", "none"], loop,
+                                        log_dir=tmp_path / "logs", advertise=False)
+        coordinator.start()
+        for role, folder in (("cloud", folders["llm"]), ("edge", folders["slm"])):
+            group.start(role, ["-m", f"edgecloud.{role}_node", "--model", str(folder), "--dtype", "fp32",
+                               "--listen", "127.0.0.1:0", "--coordinator", coordinator.address, "--threads", "1"])
+        client = Client(coordinator.address, timeout_s=60)
+        try:
+            def registered() -> set[str]:
+                try:
+                    return {n.node_id for n in client.status() if n.live}
+                except Exception:  # the coordinator is not back yet
+                    return set()
+
+            deadline = time.monotonic() + 60
+            while registered() != {"cloud-0", "edge-0"}:
+                assert time.monotonic() < deadline, "nodes did not register"
+                time.sleep(0.1)
+            coordinator.kill()
+            ready = coordinator.restart()
+            while registered() != {"cloud-0", "edge-0"}:
+                assert time.monotonic() - ready < 10, f"after the restart only {registered()} re-registered"
+                time.sleep(0.1)
+            _, summary = _generate(client, "speculative")
+            assert summary.cloud_round_trips > 0 and summary.degraded_tokens == 0
+        finally:
+            client.close()
+            coordinator.close()
