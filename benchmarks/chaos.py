@@ -29,8 +29,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgecloud.client import Client, EdgecloudError, Summary, TokenEvent
 from edgecloud.humaneval import chat_request, load_problems
@@ -56,6 +59,7 @@ class Generation:
     cloud_failures: int = 0
     cloud_switches: int = 0
     wall_s: float = 0.0
+    first_cloud_token_s: float | None = None  # request start to the first token the cloud produced or checked
     counts_match: bool = True  # the summary's counts equal what streamed
 
 
@@ -118,6 +122,50 @@ def summarize(generations: list[Generation], log: ChaosLog, degraded_at: list[fl
     }
 
 
+
+def generate(client: Client, problem, args: argparse.Namespace, generation: Generation, clock,
+             degraded_at: list[float], cloud_at: list[float]) -> Generation:
+    """One streamed request; token times go to ``degraded_at`` / ``cloud_at`` (produced or checked by the cloud)."""
+    user, prefix = chat_request(problem)
+    started = time.monotonic()
+    streamed = degraded = 0
+    try:
+        for event in client.generate(user, assistant_prefix=prefix, max_tokens=args.max_tokens, policy=args.policy):
+            if isinstance(event, Summary):
+                generation.ok = True
+                generation.degraded_tokens = event.degraded_tokens
+                generation.cloud_tokens = event.cloud_tokens + event.checked_tokens
+                generation.cloud_failures = event.cloud_failures
+                generation.cloud_switches = event.cloud_switches
+                generation.counts_match = event.total_tokens == streamed and event.degraded_tokens == degraded
+            elif isinstance(event, TokenEvent) and event.token_id >= 0:
+                streamed += 1
+                now = clock()
+                if event.source == "degraded":
+                    degraded += 1
+                    degraded_at.append(now)
+                elif event.source == "cloud" or event.checked:
+                    if generation.first_cloud_token_s is None:
+                        generation.first_cloud_token_s = time.monotonic() - started
+                    cloud_at.append(now)
+    except EdgecloudError as exc:
+        generation.error = str(exc)
+    generation.tokens = streamed
+    generation.wall_s = time.monotonic() - started
+    return generation
+
+
+def recovery_metrics(url: str) -> dict:
+    """The edge's recovery histogram: cloud found up again → first verification on the rebuilt session."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    values = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
+              if s.name.startswith("edgecloud_cloud_recovery_seconds_") and not s.labels}
+    count = values.get("edgecloud_cloud_recovery_seconds_count", 0.0)
+    total = values.get("edgecloud_cloud_recovery_seconds_sum", 0.0)
+    return {"recoveries": int(count), "recovery_s_mean": total / count if count else None}
+
+
 def run(args: argparse.Namespace) -> dict:
     slm, llm = resolve_source(args.slm), resolve_source(args.llm)
     problems = load_problems(limit=args.problems)
@@ -128,7 +176,8 @@ def run(args: argparse.Namespace) -> dict:
     log = ChaosLog()
     degraded_at: list[float] = []
     cloud_at: list[float] = []
-    result: dict = {"config": {**vars(args), "slm": str(slm), "llm": str(llm)},
+    result: dict = {"config": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                               "slm": str(slm), "llm": str(llm)},
                     "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
 
     def save() -> None:
@@ -140,16 +189,17 @@ def run(args: argparse.Namespace) -> dict:
             args.json.write_text(json.dumps(result, indent=1) + "\n")
 
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp, LoopThread("chaos-proxy") as loop, \
-            DaemonGroup(log_dir=Path(tmp) / "logs") as group:
+            DaemonGroup(log_dir=args.log_dir or Path(tmp) / "logs") as group:
         coordinator = group.start("coordinator", ["-m", "edgecloud.coordinator", "--listen", "127.0.0.1:0",
                                                   "--heartbeat-interval-s", "1", "--mqtt-listen", "none"])
         cloud = RestartableDaemon("cloud", ["-m", "edgecloud.cloud_node", "--model", str(llm),
                                             "--coordinator", coordinator.address, "--threads", str(args.threads)],
                                   loop, profile=LinkProfile.symmetric(latency_ms=args.latency_ms),
-                                  log_dir=Path(tmp) / "logs")
+                                  log_dir=args.log_dir or Path(tmp) / "logs")
         cloud.start()
-        group.start("edge", ["-m", "edgecloud.edge_node", "--model", str(slm), "--listen", "127.0.0.1:0",
-                             "--coordinator", coordinator.address, "--threads", str(args.threads)])
+        edge = group.start("edge", ["-m", "edgecloud.edge_node", "--model", str(slm), "--listen", "127.0.0.1:0",
+                                    "--coordinator", coordinator.address, "--threads", str(args.threads),
+                                    "--metrics-listen", "127.0.0.1:0"])
         client = Client(coordinator.address, timeout_s=600)
         stop = threading.Event()
         chaos = threading.Thread(target=chaos_loop, name="chaos", daemon=True,
@@ -160,42 +210,18 @@ def run(args: argparse.Namespace) -> dict:
                 if time.monotonic() > deadline:
                     raise SystemExit("the nodes did not register with the coordinator")
                 time.sleep(0.2)
+            baseline = generate(client, problems[0], args, Generation(-1, clock(), ok=False), clock, [], [])
+            result["baseline"] = asdict(baseline)  # fault-free, before the chaos starts
             chaos.start()
             for index in range(args.generations):
-                problem = problems[index % len(problems)]
-                user, prefix = chat_request(problem)
-                generation = Generation(index, clock(), ok=False)
-                started = time.monotonic()
-                streamed = degraded = from_cloud = 0
-                try:
-                    for event in client.generate(user, assistant_prefix=prefix, max_tokens=args.max_tokens,
-                                                 policy=args.policy):
-                        if isinstance(event, Summary):
-                            generation.ok = True
-                            generation.degraded_tokens = event.degraded_tokens
-                            generation.cloud_tokens = event.cloud_tokens + event.checked_tokens
-                            generation.cloud_failures = event.cloud_failures
-                            generation.cloud_switches = event.cloud_switches
-                            generation.counts_match = (event.total_tokens == streamed
-                                                       and event.degraded_tokens == degraded)
-                        elif isinstance(event, TokenEvent) and event.token_id >= 0:
-                            streamed += 1
-                            now = clock()
-                            if event.source == "degraded":
-                                degraded += 1
-                                degraded_at.append(now)
-                            elif event.source == "cloud" or event.checked:
-                                from_cloud += 1
-                                cloud_at.append(now)
-                except EdgecloudError as exc:
-                    generation.error = str(exc)
-                generation.tokens = streamed
-                generation.wall_s = time.monotonic() - started
+                generation = generate(client, problems[index % len(problems)], args,
+                                      Generation(index, clock(), ok=False), clock, degraded_at, cloud_at)
                 generations.append(generation)
                 save()
                 print(f"[{index + 1}/{args.generations}] {'ok' if generation.ok else generation.error} "
-                      f"{streamed} tokens, {degraded} degraded, kills so far {len(log.kills_s)}",
-                      file=sys.stderr, flush=True)
+                      f"{generation.tokens} tokens, {generation.degraded_tokens} degraded, "
+                      f"kills so far {len(log.kills_s)}", file=sys.stderr, flush=True)
+            result["edge_metrics"] = recovery_metrics(edge.endpoints["metrics"])
         finally:
             stop.set()
             chaos.join(timeout=300)
@@ -219,6 +245,7 @@ def main() -> None:
     p.add_argument("--downtime-s", type=float, nargs=2, default=(0.5, 3.0), help="downtime before the restart")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path)
+    p.add_argument("--log-dir", type=Path, help="keep the daemons' logs here (default: a temporary folder)")
     args = p.parse_args()
     summary = run(args)["summary"]
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, list)}, indent=1))

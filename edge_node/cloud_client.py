@@ -105,6 +105,26 @@ class GrpcCloudLink:
         self.replays += 1
         return replay
 
+    def rebuild(self, unseen: list[int]) -> asyncio.Task:
+        """After ``restart``: open the new session in the background with every token the old one held
+        plus ``unseen`` (the router's, which keeps growing meanwhile; the next ``verify`` sends the rest).
+        If it fails, that ``verify`` replays synchronously."""
+        if self._push is not None and not self._push.done():
+            return self._push
+        history = [*self.cloud_tokens, *unseen]
+        self._restart = False
+        self._pushed = len(unseen)
+        self._push = asyncio.create_task(self._reopen(history))
+        return self._push
+
+    async def _reopen(self, history: list[int]) -> None:
+        request = pb.OpenSessionRequest(prompt_token_ids=history, acceptance=self.options)
+        reply = await self.stub.OpenSession(request, timeout=self.timeout_s)
+        self.session_id, self.cloud_tokens = reply.session_id, history
+        self.replays += 1
+        self._check_length(reply.session_tokens)
+        self._background.add(request.ByteSize(), reply.ByteSize(), reply.compute_s)
+
     def restart(self, stub: pb_grpc.CloudNodeStub | None = None) -> None:
         """After a failed call (the cloud may or may not have applied it): the next ``verify`` opens a new
         session, on ``stub`` if given (another cloud node), with every token the old one held."""

@@ -6,12 +6,15 @@ up to ``max_backoff_s``). ``FailoverCloudLink`` wraps one request's ``GrpcCloudL
 cloud is down, ``verify`` raises ``CloudDown`` at once (no network call) and the router writes the
 flagged tokens itself (degraded mode); when the backoff has passed, a cheap status probe decides
 whether to try again; when another known cloud is up, the session moves there. Either way the
-next verification rebuilds the cloud session from every token the edge holds (Petals' replay), so
-the cloud's state always equals the edge's record of it, whatever the failed call did.
+cloud session is rebuilt from every token the edge holds (Petals' replay), in the background: the
+edge keeps writing degraded tokens while the cloud prefills them, and routing resumes at the first
+verification after the rebuild (no stall for the replay). The cloud's state always equals the
+edge's record of it, whatever the failed call did.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -19,6 +22,7 @@ from dataclasses import dataclass, replace
 
 import grpc
 
+from edgecloud import metrics
 from edgecloud.edge_node.cloud_client import CloudUnavailable, GrpcCloudLink
 from edgecloud.routing.router import CloudDown, LinkVerdict
 from edgecloud.v1 import cloud_node_pb2_grpc as pb_grpc
@@ -90,6 +94,8 @@ class FailoverCloudLink:
         self.probe = probe
         self.link = GrpcCloudLink(stub_for(address), **link_options)
         self.switches = 0  # moves to another cloud not yet reported in a verdict
+        self._rebuild: asyncio.Task | None = None  # the session being rebuilt in the background after an outage
+        self._outage_ended = 0.0  # perf_counter when the cloud was found up again
 
     @property
     def replays(self) -> int:
@@ -103,8 +109,18 @@ class FailoverCloudLink:
         return await self.link.settle()
 
     async def verify(self, context: list[int], draft: list[int]) -> LinkVerdict:
-        if self.health.is_down(self.address):
+        recovering = self._rebuild is not None
+        if self._rebuild is not None:
+            if not self._rebuild.done():  # the edge keeps writing (degraded) while the cloud replays
+                raise CloudDown(f"cloud node {self.address} is rebuilding the session", attempted=False)
+            self._rebuild = None
+        elif self.health.is_down(self.address):
             await self._before_retry()
+            # It answers (or another one does): rebuild the session in the background rather than stall
+            # the stream for the replay's prefill.
+            self._outage_ended = time.perf_counter()
+            self._rebuild = self.link.rebuild(context)
+            raise CloudDown(f"cloud node {self.address} is back: rebuilding the session", attempted=False)
         try:
             verdict = await self.link.verify(context, draft)
         except CloudUnavailable as exc:
@@ -113,6 +129,11 @@ class FailoverCloudLink:
             self._failed(str(exc))
             raise CloudDown(str(exc), attempted=True) from exc
         self.health.succeeded(self.address)
+        if recovering:
+            took = time.perf_counter() - self._outage_ended
+            metrics.CLOUD_RECOVERY_SECONDS.observe(took)
+            log.info("cloud node %s answers again: session rebuilt (%d tokens) and routing resumed %.2f s after "
+                     "it was found up", self.address, len(self.link.cloud_tokens), took)
         switches, self.switches = self.switches, 0
         return replace(verdict, cloud_switches=verdict.cloud_switches + switches)
 
@@ -137,6 +158,7 @@ class FailoverCloudLink:
         self.switches += 1
 
     def _failed(self, why: str) -> None:
+        self._rebuild = None
         backoff = self.health.failed(self.address)
         log.warning("cloud node %s failed (%s): degraded mode, next try in %.2f s", self.address, why, backoff)
         self.link.restart()

@@ -50,6 +50,9 @@ CLOUD_BYTES = Counter(f"{PREFIX}_cloud_bytes", "Bytes to (up) and from (down) th
                       registry=REGISTRY)
 CLOUD_FAILURES = Counter(f"{PREFIX}_cloud_failures", "Cloud calls that failed (dead, hung or unreachable).",
                          registry=REGISTRY)
+CLOUD_RECOVERY_SECONDS = Histogram(f"{PREFIX}_cloud_recovery_seconds", "From finding a cloud up again after an "
+                                   "outage to the first verification on the rebuilt session (the replay's cost).",
+                                   buckets=LATENCY_BUCKETS_S, registry=REGISTRY)
 CLOUD_SWITCHES = Counter(f"{PREFIX}_cloud_switches", "Sessions moved to another cloud node.", registry=REGISTRY)
 GENERATIONS = Counter(f"{PREFIX}_generations", "Finished generations by policy and finish reason.",
                       ["policy", "finish_reason"], registry=REGISTRY)

@@ -17,7 +17,9 @@ from edgecloud import rpc
 from edgecloud.cloud_node.service import CloudNodeServicer
 from edgecloud.cloud_node.sessions import SessionLimits, SessionStore
 from edgecloud.edge_node.cloud_client import CloudUnavailable, GrpcCloudLink
+from edgecloud.edge_node.cloud_failover import CloudHealth, FailoverCloudLink
 from edgecloud.models.generate import generate_ids
+from edgecloud.routing.router import CloudDown
 from edgecloud.v1 import cloud_node_pb2 as pb
 from edgecloud.v1 import cloud_node_pb2_grpc
 
@@ -182,3 +184,70 @@ def test_verify_runs_the_lm_head_on_the_needed_rows_only(llm) -> None:
     finally:
         hook.remove()
     assert rows == [4, 2, 2]
+
+
+class FlakyStub:
+    """The real stub, with every call failing UNAVAILABLE (as through a reset connection) while ``down``."""
+
+    def __init__(self, stub: cloud_node_pb2_grpc.CloudNodeStub) -> None:
+        self.stub = stub
+        self.down = False
+        self.calls: list[str] = []
+
+    def __getattr__(self, method: str):
+        real = getattr(self.stub, method)
+
+        async def call(request, **kwargs):
+            self.calls.append(method)
+            if self.down:
+                raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                           details="connection reset (test outage)")
+            return await real(request, **kwargs)
+        return call
+
+
+def test_an_outage_rebuilds_the_session_in_the_background_and_stays_exact(llm) -> None:
+    """LLM-only through the failover link: after a failed call it answers CloudDown without calling until
+    the backoff passes, then starts rebuilding the session in the background and answers CloudDown while
+    the edge writes on (degraded); the first verification after the rebuild sends only what is new, and
+    the cloud's token is the LLM's greedy next token on the whole history, degraded tokens included."""
+    now = [0.0]
+    health = CloudHealth(clock=lambda: now[0])
+    vocab = llm.config.vocab_size
+
+    async def scenario(stub):
+        flaky = FlakyStub(stub)
+        link = FailoverCloudLink("cloud:1", lambda _address: flaky, health)
+        unseen = list(PROMPT)
+        first = await link.verify(unseen, [])
+        unseen = [first.next_token]
+        history = [*PROMPT, first.next_token]
+        flaky.down = True
+        with pytest.raises(CloudDown) as down:
+            await link.verify(unseen, [])
+        assert down.value.attempted and health.is_down("cloud:1")
+        flaky.down = False
+        degraded = (first.next_token + 1) % vocab  # what the edge writes alone
+        unseen.append(degraded)
+        calls = len(flaky.calls)
+        with pytest.raises(CloudDown) as down:  # within the backoff: no call at all
+            await link.verify(unseen, [])
+        assert not down.value.attempted and len(flaky.calls) == calls
+        now[0] = 10.0  # the backoff has passed
+        unseen.append((degraded + 7) % vocab)
+        with pytest.raises(CloudDown):  # the rebuild starts; the stream does not wait for it
+            await link.verify(unseen, [])
+        unseen.append((degraded + 3) % vocab)  # written while the cloud replays
+        while True:
+            try:
+                verdict = await link.verify(unseen, [])
+                break
+            except CloudDown:
+                await asyncio.sleep(0.01)
+        history += unseen[1:]
+        return verdict, link, flaky.calls[calls:], history
+
+    verdict, link, calls, history = serve_cloud(SessionStore(llm, SessionLimits()), scenario)
+    assert link.link.cloud_tokens == history  # the rebuilt session holds every token, each once
+    assert verdict.next_token == next(iter(generate_ids(llm, history, max_new_tokens=1)))
+    assert calls == ["OpenSession", "Verify"] and link.replays == 1 and not health.is_down("cloud:1")
