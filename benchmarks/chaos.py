@@ -205,11 +205,7 @@ def run(args: argparse.Namespace) -> dict:
         chaos = threading.Thread(target=chaos_loop, name="chaos", daemon=True,
                                  args=(cloud, log, clock, stop, rng, tuple(args.uptime_s), tuple(args.downtime_s)))
         try:
-            deadline = time.monotonic() + 120
-            while len([n for n in client.status() if n.live]) < 2:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the nodes did not register with the coordinator")
-                time.sleep(0.2)
+            client.wait_for_nodes(2, timeout_s=120)
             baseline = generate(client, problems[0], args, Generation(-1, clock(), ok=False), clock, [], [])
             result["baseline"] = asdict(baseline)  # fault-free, before the chaos starts
             chaos.start()

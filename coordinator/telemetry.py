@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import ssl
 
 import aiomqtt
 
@@ -29,7 +28,7 @@ from edgecloud.coordinator.cluster import (
 )
 from edgecloud.coordinator.mqtt_broker import EmbeddedBroker
 from edgecloud.errors import DomainError, clip
-from edgecloud.mqtt import MqttConfig, connect_error
+from edgecloud.mqtt import CONNECTION_ERRORS, MqttConfig, connect_error, disconnect
 from edgecloud.processes import announce_endpoint
 from edgecloud.telemetry import (
     BadPayload,
@@ -42,7 +41,7 @@ from edgecloud.telemetry import (
 )
 
 log = logging.getLogger(__name__)
-_ERRORS = (aiomqtt.MqttError, OSError, ssl.SSLError, TimeoutError)
+_ERRORS = CONNECTION_ERRORS
 
 
 def node_from_info(msg: InfoMsg) -> NodeInfo:
@@ -188,9 +187,7 @@ class TelemetrySubscriber:
 
     async def _drop(self) -> None:
         client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(*_ERRORS, RuntimeError):
-                await asyncio.wait_for(client.__aexit__(None, None, None), self.config.connect_timeout_s)
+        await disconnect(client, self.config.connect_timeout_s)
 
     async def close(self) -> None:
         if self._task is not None:

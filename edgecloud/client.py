@@ -13,6 +13,7 @@ Every call has a deadline; failures raise ``EdgecloudError`` carrying the gRPC s
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -202,6 +203,18 @@ class Client:
 
     def status(self, **kwargs) -> list[NodeSummary]:
         return self._loop.run(self._async.status(**kwargs), timeout_s=None)
+
+    def wait_for_nodes(self, count: int, timeout_s: float = 60.0, poll_s: float = 0.1) -> list[NodeSummary]:
+        """Wait until at least ``count`` nodes are live (e.g. a cluster just started); TimeoutError if not."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            live = [n for n in self.status() if n.live]
+            if len(live) >= count:
+                return live
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(live)} of {count} nodes registered with {self._async.address} "
+                                   f"within {timeout_s:g} s")
+            time.sleep(poll_s)
 
     def close(self) -> None:
         if not self._closed:

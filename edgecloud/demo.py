@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,11 +46,7 @@ def start_cluster(group: DaemonGroup, slm: Path | str, llm: Path | str, *, dtype
                          "--coordinator", coordinator.address, "--dtype", dtype], cpus=edge_cpus,
                 env={"OMP_NUM_THREADS": str(len(edge_cpus or [0]))})
     client = Client(coordinator.address, timeout_s=1800)
-    deadline = time.monotonic() + 60
-    while len([n for n in client.status() if n.live]) < 2:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the nodes did not register with the coordinator within 60 s")
-        time.sleep(0.2)
+    client.wait_for_nodes(2)
     return client
 
 

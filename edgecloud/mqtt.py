@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import ssl
 from dataclasses import dataclass
@@ -98,3 +100,14 @@ def connect_error(config: MqttConfig, exc: Exception) -> MqttUnavailable:
     if isinstance(exc, aiomqtt.MqttCodeError) and getattr(exc.rc, "value", exc.rc) in (4, 5, 134, 135):
         why = f"the broker refused the credentials ({exc}): check the user and password in --mqtt-url"
     return MqttUnavailable(f"MQTT broker {config.redacted_url}: {why}")
+
+
+# What a broker connection may raise on the way down.
+CONNECTION_ERRORS = (aiomqtt.MqttError, OSError, ssl.SSLError, TimeoutError)
+
+
+async def disconnect(client: aiomqtt.Client | None, timeout_s: float) -> None:
+    """Leave ``client``'s connection (None: nothing), whatever state it is in, within ``timeout_s``."""
+    if client is not None:
+        with contextlib.suppress(*CONNECTION_ERRORS, RuntimeError):
+            await asyncio.wait_for(client.__aexit__(None, None, None), timeout_s)

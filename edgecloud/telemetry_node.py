@@ -17,12 +17,11 @@ import contextlib
 import logging
 import os
 import secrets
-import ssl
 from collections.abc import Callable
 
 import aiomqtt
 
-from edgecloud.mqtt import MqttConfig, MqttUnavailable, connect_error
+from edgecloud.mqtt import CONNECTION_ERRORS, MqttConfig, MqttUnavailable, connect_error, disconnect
 from edgecloud.telemetry import (
     BadPayload,
     InfoMsg,
@@ -39,7 +38,7 @@ from edgecloud.v1 import common_pb2
 log = logging.getLogger(__name__)
 
 ROLE_NAMES = {common_pb2.NODE_ROLE_EDGE: "edge", common_pb2.NODE_ROLE_CLOUD: "cloud"}
-_ERRORS = (aiomqtt.MqttError, OSError, ssl.SSLError, TimeoutError)
+_ERRORS = CONNECTION_ERRORS
 
 
 class DuplicateNode(ValueError):
@@ -247,9 +246,7 @@ class NodeTelemetry:
                 await self._reader
             self._reader = None
         client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(*_ERRORS, RuntimeError):
-                await asyncio.wait_for(client.__aexit__(None, None, None), self.config.connect_timeout_s)
+        await disconnect(client, self.config.connect_timeout_s)
 
     async def close(self) -> None:
         """Publish ``offline`` (unless refused: the id is another's) and disconnect."""

@@ -41,10 +41,7 @@ def chaos(tmp_path_factory, make_tiny_pair):
                              "--listen", "127.0.0.1:0", "--coordinator", coordinator.address,
                              "--max-tokens-limit", "64", "--threads", "1"])
         client = Client(coordinator.address, timeout_s=120)
-        deadline = time.monotonic() + 60
-        while len([n for n in client.status() if n.live]) < 2:
-            assert time.monotonic() < deadline, "nodes did not register with the coordinator"
-            time.sleep(0.1)
+        client.wait_for_nodes(2)
         try:
             yield client, cloud
         finally:

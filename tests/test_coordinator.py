@@ -253,16 +253,11 @@ def fleet(tmp_path_factory, make_tiny_pair):
                                              "--listen", "127.0.0.1:0", "--coordinator", coordinator.address,
                                              "--max-tokens-limit", "64", *AUTH_ARGS])
         client = Client(coordinator.address, security=CLIENT, timeout_s=120)
-        deadline = time.monotonic() + 60
-        while len([n for n in client.status() if n.live]) < 3:
-            assert time.monotonic() < deadline, "edges did not register"
-            time.sleep(0.1)
+        client.wait_for_nodes(3)
         cloud = group.start("cloud", ["-m", "edgecloud.cloud_node", "--model", str(folders["llm"]), "--dtype", "fp32",
                                       "--threads", "1", "--listen", "127.0.0.1:0", "--coordinator",
                                       coordinator.address, *AUTH_ARGS])
-        while len([n for n in client.status() if n.live]) < 4:
-            assert time.monotonic() < deadline, "the cloud did not register"
-            time.sleep(0.1)
+        client.wait_for_nodes(4)
         try:
             yield {"client": client, "coordinator": coordinator, "edges": edges, "cloud": cloud}
         finally:

@@ -111,10 +111,7 @@ def cluster(tmp_path_factory, make_tiny_pair):
                                     "--listen", "127.0.0.1:0", "--coordinator", coordinator.address,
                                     "--max-tokens-limit", "32", "--threads", "1", *flags])
         client = Client(coordinator.address, security=SecurityConfig(auth_token=TOKEN), timeout_s=120)
-        deadline = time.monotonic() + 60
-        while len([n for n in client.status() if n.live]) < 2:
-            assert time.monotonic() < deadline, "nodes did not register with the coordinator"
-            time.sleep(0.1)
+        client.wait_for_nodes(2)
         yield client, {name: d.endpoints["metrics"] for name, d in
                        (("coordinator", coordinator), ("cloud", cloud), ("edge", edge))}
         client.close()

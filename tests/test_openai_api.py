@@ -8,7 +8,6 @@ import datetime
 import ipaddress
 import json
 import ssl
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -333,13 +332,6 @@ def test_http_auth_routes_size_and_in_flight_limits() -> None:
 
 # Real daemons ------------------------------------------------------------------------------------------
 
-def _wait_for_nodes(client: Client, count: int) -> None:
-    deadline = time.monotonic() + 60
-    while len([n for n in client.status() if n.live]) < count:
-        assert time.monotonic() < deadline, "nodes did not register with the coordinator"
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def openai_cluster(tmp_path_factory, make_tiny_pair):
     """``tiny_cluster`` with the coordinator's OpenAI API on (``--openai-listen 127.0.0.1:0``)."""
@@ -354,7 +346,7 @@ def openai_cluster(tmp_path_factory, make_tiny_pair):
             group.start(name, ["-m", module, "--model", str(folder), "--dtype", "fp32", "--listen", "127.0.0.1:0",
                                "--coordinator", coordinator.address, "--threads", "1", *extra])
         client = Client(coordinator.address, timeout_s=120)
-        _wait_for_nodes(client, 2)
+        client.wait_for_nodes(2)
         yield {"client": client, "url": coordinator.endpoints["openai"], "coordinator": coordinator}
         client.close()
 

@@ -4,8 +4,6 @@ TLS, the client token cannot register a node, and the SDK connects with the CA f
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
 
@@ -42,10 +40,7 @@ def secure_cluster(tmp_path_factory, make_tiny_pair):
         full = SecurityConfig(tls_ca_path=str(certs.ca_cert), auth_token=TOKEN,
                               tls_client_cert_path=str(certs.client_cert), tls_client_key_path=str(certs.client_key))
         client = Client(coordinator.address, security=full, timeout_s=120)
-        deadline = time.monotonic() + 60
-        while len([n for n in client.status() if n.live]) < 2:  # the nodes registered over mTLS + node token
-            assert time.monotonic() < deadline, "nodes did not register with the coordinator"
-            time.sleep(0.1)
+        client.wait_for_nodes(2)
         yield {"certs": certs, "full": full, "client": client,
                "addresses": {"coordinator": coordinator.address, "edge": edge.address, "cloud": cloud.address}}
         client.close()
