@@ -237,7 +237,8 @@ def main() -> None:
     p.add_argument("--llm", default=LLM)
     p.add_argument("--threads", type=int, default=1, help="torch threads of each daemon")
     p.add_argument("--latency-ms", type=float, default=10.0, help="one-way delay of the proxy to the cloud")
-    p.add_argument("--uptime-s", type=float, nargs=2, default=(4.0, 12.0), help="cloud uptime range (uniform)")
+    p.add_argument("--uptime-s", type=float, nargs=2, default=(20.0, 40.0),
+                   help="cloud uptime range after READY (uniform; on this CPU a request needs ~10 s for its first cloud token)")
     p.add_argument("--downtime-s", type=float, nargs=2, default=(0.5, 3.0), help="downtime before the restart")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path)
