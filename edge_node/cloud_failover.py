@@ -96,6 +96,7 @@ class FailoverCloudLink:
         self.switches = 0  # moves to another cloud not yet reported in a verdict
         self._rebuild: asyncio.Task | None = None  # the session being rebuilt in the background after an outage
         self._outage_ended = 0.0  # perf_counter when the cloud was found up again
+        self._degraded = False  # this request has written tokens alone
 
     @property
     def replays(self) -> int:
@@ -109,6 +110,13 @@ class FailoverCloudLink:
         return await self.link.settle()
 
     async def verify(self, context: list[int], draft: list[int]) -> LinkVerdict:
+        try:
+            return await self._verify(context, draft)
+        except CloudDown:
+            self._degraded = True
+            raise
+
+    async def _verify(self, context: list[int], draft: list[int]) -> LinkVerdict:
         recovering = self._rebuild is not None
         if self._rebuild is not None:
             if not self._rebuild.done():  # the edge keeps writing (degraded) while the cloud replays
@@ -116,11 +124,15 @@ class FailoverCloudLink:
             self._rebuild = None
         elif self.health.is_down(self.address):
             await self._before_retry()
-            # It answers (or another one does): rebuild the session in the background rather than stall
-            # the stream for the replay's prefill.
             self._outage_ended = time.perf_counter()
-            self._rebuild = self.link.rebuild(context)
-            raise CloudDown(f"cloud node {self.address} is back: rebuilding the session", attempted=False)
+            recovering = True
+            if self._degraded:
+                # It answers (or another one does) while this request writes alone: rebuild the session in
+                # the background rather than stall the stream for the replay's prefill. (A request that has
+                # written nothing alone opens its session with this call, as any request does.)
+                self._rebuild = self.link.rebuild(context)
+                self._rebuild.add_done_callback(self._rebuilt(self.address))
+                raise CloudDown(f"cloud node {self.address} is back: rebuilding the session", attempted=False)
         try:
             verdict = await self.link.verify(context, draft)
         except CloudUnavailable as exc:
@@ -136,6 +148,12 @@ class FailoverCloudLink:
                      "it was found up", self.address, len(self.link.cloud_tokens), took)
         switches, self.switches = self.switches, 0
         return replace(verdict, cloud_switches=verdict.cloud_switches + switches)
+
+    def _rebuilt(self, address: str) -> Callable[[asyncio.Task], None]:
+        def done(task: asyncio.Task) -> None:  # the cloud is up: other requests need no probe, nor a rebuild
+            if not task.cancelled() and task.exception() is None:
+                self.health.succeeded(address)
+        return done
 
     async def _before_retry(self) -> None:
         """The cloud is down: move to another that is up, or retry this one once its backoff passed (a status

@@ -238,12 +238,12 @@ def test_an_outage_rebuilds_the_session_in_the_background_and_stays_exact(llm) -
         with pytest.raises(CloudDown):  # the rebuild starts; the stream does not wait for it
             await link.verify(unseen, [])
         unseen.append((degraded + 3) % vocab)  # written while the cloud replays
-        while True:
-            try:
-                verdict = await link.verify(unseen, [])
+        for _ in range(500):  # the finished rebuild marks the cloud up (for every request) by itself
+            if not health.is_down("cloud:1"):
                 break
-            except CloudDown:
-                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)
+        assert not health.is_down("cloud:1")
+        verdict = await link.verify(unseen, [])
         history += unseen[1:]
         return verdict, link, flaky.calls[calls:], history
 
@@ -251,3 +251,22 @@ def test_an_outage_rebuilds_the_session_in_the_background_and_stays_exact(llm) -
     assert link.link.cloud_tokens == history  # the rebuilt session holds every token, each once
     assert verdict.next_token == next(iter(generate_ids(llm, history, max_new_tokens=1)))
     assert calls == ["OpenSession", "Verify"] and link.replays == 1 and not health.is_down("cloud:1")
+
+
+def test_a_request_that_starts_after_an_outage_opens_its_session_at_once(llm) -> None:
+    """A cloud marked down whose backoff has passed: a request that has written nothing alone needs no
+    background rebuild — its first verification opens the session (the normal path) and clears the mark."""
+    now = [0.0]
+    health = CloudHealth(clock=lambda: now[0])
+    health.failed("cloud:1")
+    now[0] = 10.0
+
+    async def scenario(stub):
+        flaky = FlakyStub(stub)
+        link = FailoverCloudLink("cloud:1", lambda _address: flaky, health)
+        verdict = await link.verify(list(PROMPT), [])
+        return verdict, flaky.calls
+
+    verdict, calls = serve_cloud(SessionStore(llm, SessionLimits()), scenario)
+    assert verdict.next_token == next(iter(generate_ids(llm, PROMPT, max_new_tokens=1)))
+    assert calls == ["Verify"] and not health.is_down("cloud:1")
