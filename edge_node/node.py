@@ -130,7 +130,7 @@ async def serve(config: EdgeConfig) -> None:
                                                                                     links),
                                 default_prefetch=config.cloud_prefetch,
                                 allowed_clouds=allowed_clouds, refresh_clouds=refresh_clouds, split=split,
-                                tail_link_factory=channels.tail_link)
+                                tail_link_factory=channels.tail_link, clouds_down=channels.health.down)
     server = rpc.create_server(config.security, max_message_bytes=MAX_MESSAGE_BYTES)
     edge_node_pb2_grpc.add_EdgeNodeServicer_to_server(servicer, server)
     # Threshold calibration (a minute of SLM work the first time) starts now, off the event loop,

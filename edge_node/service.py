@@ -55,8 +55,10 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
                  allowed_clouds: Callable[[], Collection[str]] = frozenset,
                  refresh_clouds: Callable[[], Awaitable[None]] | None = None,
                  split: SplitEngine | None = None,
-                 tail_link_factory: Callable[[str, int, str], TailLink] | None = None) -> None:
+                 tail_link_factory: Callable[[str, int, str], TailLink] | None = None,
+                 clouds_down: Callable[[], Collection[str]] = tuple) -> None:
         self.engine = engine
+        self.clouds_down = clouds_down
         self.split = split
         self.tail_link_factory = tail_link_factory
         self.default_prefetch = default_prefetch
@@ -189,4 +191,4 @@ class EdgeNodeServicer(pb_grpc.EdgeNodeServicer):
             policies=[*POLICIES, *([SPLIT_POLICY] if self.split else [])],
             max_tokens_limit=self.engine.max_tokens_limit, default_cloud_address=self.default_cloud or "",
             uptime_s=time.monotonic() - self.started, version=__version__,
-            split_plan=self.split.chooser.describe() if self.split else "")
+            split_plan=self.split.chooser.describe() if self.split else "", clouds_down=sorted(self.clouds_down()))

@@ -145,6 +145,53 @@ def generate(
                   f"in {first_at - started:.2f} s, decode {decode_rate:.2f} tokens/s")
 
 
+@app.command()
+def status(
+    coordinator: Annotated[str, typer.Option(help="coordinator host:port")] = "127.0.0.1:50051",
+    stale: Annotated[bool, typer.Option(help="list nodes that stopped reporting too")] = False,
+    details: Annotated[bool, typer.Option(help="ask each live edge node for the clouds it considers down "
+                                               "and its split plan")] = True,
+    tls_ca: Annotated[Path | None, typer.Option(help="CA bundle (PEM): connect with TLS")] = None,
+    tls_client_cert: Annotated[Path | None, typer.Option(help="mutual TLS: client certificate (PEM)")] = None,
+    tls_client_key: Annotated[Path | None, typer.Option(help="mutual TLS: its private key (PEM)")] = None,
+    auth_token: Annotated[str | None, typer.Option(envvar="EDGECLOUD_AUTH_TOKEN", help="client token")] = None,
+) -> None:
+    """The cluster's nodes as the coordinator sees them, and what each edge node reports of itself."""
+    from edgecloud.client import Client, EdgecloudError
+    from edgecloud.rpc import SecurityConfig
+
+    try:
+        paths = [str(p) if p else None for p in (tls_ca, tls_client_cert, tls_client_key)]
+        security = SecurityConfig(tls_ca_path=paths[0], tls_client_cert_path=paths[1], tls_client_key_path=paths[2],
+                                  auth_token=auth_token)
+        with Client(coordinator, security=security, timeout_s=30, target="coordinator") as client:
+            nodes = client.status(include_stale=stale)
+    except (EdgecloudError, ValueError, OSError) as exc:
+        raise _fail(f"coordinator {coordinator}: {exc}") from exc
+    table = Table("node", "role", "state", "address", "models", "requests", title=f"cluster at {coordinator}")
+    for node in nodes:
+        state = "suspect" if node.suspect else ("live" if node.live else "stale")
+        table.add_row(node.node_id, node.role, state, node.address, ", ".join(node.models), str(node.active_requests))
+    console = Console()
+    console.print(table)
+    if not nodes:
+        console.print("no nodes registered")
+    for node in nodes if details else ():
+        if node.role != "edge" or not node.live:
+            continue
+        try:
+            with Client(node.address, security=security, timeout_s=10, target="edge") as edge:
+                own = edge.edge_status()
+        except (EdgecloudError, ValueError, OSError) as exc:
+            console.print(f"{node.node_id}: no status ({exc})")
+            continue
+        down = ", ".join(own.clouds_down) or "none"
+        line = f"{node.node_id}: clouds down: {down}"
+        if own.split_plan:
+            line += f"; split plan: {own.split_plan}"
+        console.print(line, markup=False, highlight=False)
+
+
 PASS_THROUGH = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
                 "add_help_option": False}
 

@@ -68,6 +68,21 @@ class NodeSummary:
     suspect: bool = False  # a forwarded request found it unreachable; cleared by its next heartbeat
 
 
+@dataclass(frozen=True)
+class EdgeDetails:
+    """What an edge node says of itself (``AsyncClient.edge_status``, pointed at the edge)."""
+
+    node_id: str
+    models: tuple[str, ...]
+    policies: tuple[str, ...]
+    default_cloud: str
+    active_requests: int
+    clouds_down: tuple[str, ...]  # clouds it serves degraded (SLM-only) until a retry succeeds
+    split_plan: str  # the split planner's latest decision and why ("" without a split model)
+    uptime_s: float
+    version: str
+
+
 def build_request(prompt: str, *, max_tokens: int, policy: str, threshold: float | None,
                   target_cloud_share: float | None, temperature: float, seed: int | None, chat: bool,
                   assistant_prefix: str, stop: tuple[str, ...], session_id: str,
@@ -169,6 +184,16 @@ class AsyncClient:
         except grpc.aio.AioRpcError as exc:
             raise EdgecloudError(exc.code(), exc.details() or "") from exc
 
+    async def edge_status(self) -> EdgeDetails:
+        """The edge node's own status; this client must point at an edge node."""
+        try:
+            edge = await self._edge.GetStatus(edge_pb.GetEdgeStatusRequest(), timeout=10.0)
+        except grpc.aio.AioRpcError as exc:
+            raise EdgecloudError(exc.code(), exc.details() or "") from exc
+        return EdgeDetails(edge.node_id, tuple(edge.models), tuple(edge.policies), edge.default_cloud_address,
+                           edge.load.active_requests, tuple(edge.clouds_down), edge.split_plan, edge.uptime_s,
+                           edge.version)
+
     async def close(self) -> None:
         await self._channel.close()
 
@@ -203,6 +228,9 @@ class Client:
 
     def status(self, **kwargs) -> list[NodeSummary]:
         return self._loop.run(self._async.status(**kwargs), timeout_s=None)
+
+    def edge_status(self) -> EdgeDetails:
+        return self._loop.run(self._async.edge_status(), timeout_s=None)
 
     def wait_for_nodes(self, count: int, timeout_s: float = 60.0, poll_s: float = 0.1) -> list[NodeSummary]:
         """Wait until at least ``count`` nodes are live (e.g. a cluster just started); TimeoutError if not."""

@@ -26,7 +26,7 @@ from edgecloud.v1 import common_pb2 as edgecloud_dot_v1_dot_common__pb2
 from edgecloud.v1 import generation_pb2 as edgecloud_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gecloud/v1/edge_node.proto\x12\x0c\x65\x64gecloud.v1\x1a\x19\x65\x64gecloud/v1/common.proto\x1a\x1d\x65\x64gecloud/v1/generation.proto\"\x16\n\x14GetEdgeStatusRequest\"\xb4\x02\n\nEdgeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12.\n\x0c\x63\x61pabilities\x18\x03 \x03(\x0e\x32\x18.edgecloud.v1.Capability\x12-\n\x07\x63ompute\x18\x04 \x01(\x0b\x32\x1c.edgecloud.v1.ComputeProfile\x12$\n\x04load\x18\x05 \x01(\x0b\x32\x16.edgecloud.v1.NodeLoad\x12\x10\n\x08policies\x18\x06 \x03(\t\x12\x18\n\x10max_tokens_limit\x18\x07 \x01(\x05\x12\x1d\n\x15\x64\x65\x66\x61ult_cloud_address\x18\x08 \x01(\t\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12\x0f\n\x07version\x18\n \x01(\t\x12\x12\n\nsplit_plan\x18\x0b \x01(\t2\x9f\x01\n\x08\x45\x64geNode\x12H\n\x08Generate\x12\x1d.edgecloud.v1.GenerateRequest\x1a\x1b.edgecloud.v1.GenerateEvent0\x01\x12I\n\tGetStatus\x12\".edgecloud.v1.GetEdgeStatusRequest\x1a\x18.edgecloud.v1.EdgeStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gecloud/v1/edge_node.proto\x12\x0c\x65\x64gecloud.v1\x1a\x19\x65\x64gecloud/v1/common.proto\x1a\x1d\x65\x64gecloud/v1/generation.proto\"\x16\n\x14GetEdgeStatusRequest\"\xc9\x02\n\nEdgeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12.\n\x0c\x63\x61pabilities\x18\x03 \x03(\x0e\x32\x18.edgecloud.v1.Capability\x12-\n\x07\x63ompute\x18\x04 \x01(\x0b\x32\x1c.edgecloud.v1.ComputeProfile\x12$\n\x04load\x18\x05 \x01(\x0b\x32\x16.edgecloud.v1.NodeLoad\x12\x10\n\x08policies\x18\x06 \x03(\t\x12\x18\n\x10max_tokens_limit\x18\x07 \x01(\x05\x12\x1d\n\x15\x64\x65\x66\x61ult_cloud_address\x18\x08 \x01(\t\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12\x0f\n\x07version\x18\n \x01(\t\x12\x12\n\nsplit_plan\x18\x0b \x01(\t\x12\x13\n\x0b\x63louds_down\x18\x0c \x03(\t2\x9f\x01\n\x08\x45\x64geNode\x12H\n\x08Generate\x12\x1d.edgecloud.v1.GenerateRequest\x1a\x1b.edgecloud.v1.GenerateEvent0\x01\x12I\n\tGetStatus\x12\".edgecloud.v1.GetEdgeStatusRequest\x1a\x18.edgecloud.v1.EdgeStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,7 +36,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETEDGESTATUSREQUEST']._serialized_start=104
   _globals['_GETEDGESTATUSREQUEST']._serialized_end=126
   _globals['_EDGESTATUS']._serialized_start=129
-  _globals['_EDGESTATUS']._serialized_end=437
-  _globals['_EDGENODE']._serialized_start=440
-  _globals['_EDGENODE']._serialized_end=599
+  _globals['_EDGESTATUS']._serialized_end=458
+  _globals['_EDGENODE']._serialized_start=461
+  _globals['_EDGENODE']._serialized_end=620
 # @@protoc_insertion_point(module_scope)

@@ -13,7 +13,7 @@ class GetEdgeStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EdgeStatus(_message.Message):
-    __slots__ = ("node_id", "models", "capabilities", "compute", "load", "policies", "max_tokens_limit", "default_cloud_address", "uptime_s", "version", "split_plan")
+    __slots__ = ("node_id", "models", "capabilities", "compute", "load", "policies", "max_tokens_limit", "default_cloud_address", "uptime_s", "version", "split_plan", "clouds_down")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class EdgeStatus(_message.Message):
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SPLIT_PLAN_FIELD_NUMBER: _ClassVar[int]
+    CLOUDS_DOWN_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     models: _containers.RepeatedScalarFieldContainer[str]
     capabilities: _containers.RepeatedScalarFieldContainer[_common_pb2.Capability]
@@ -36,4 +37,5 @@ class EdgeStatus(_message.Message):
     uptime_s: float
     version: str
     split_plan: str
-    def __init__(self, node_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., capabilities: _Optional[_Iterable[_Union[_common_pb2.Capability, str]]] = ..., compute: _Optional[_Union[_common_pb2.ComputeProfile, _Mapping]] = ..., load: _Optional[_Union[_common_pb2.NodeLoad, _Mapping]] = ..., policies: _Optional[_Iterable[str]] = ..., max_tokens_limit: _Optional[int] = ..., default_cloud_address: _Optional[str] = ..., uptime_s: _Optional[float] = ..., version: _Optional[str] = ..., split_plan: _Optional[str] = ...) -> None: ...
+    clouds_down: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., capabilities: _Optional[_Iterable[_Union[_common_pb2.Capability, str]]] = ..., compute: _Optional[_Union[_common_pb2.ComputeProfile, _Mapping]] = ..., load: _Optional[_Union[_common_pb2.NodeLoad, _Mapping]] = ..., policies: _Optional[_Iterable[str]] = ..., max_tokens_limit: _Optional[int] = ..., default_cloud_address: _Optional[str] = ..., uptime_s: _Optional[float] = ..., version: _Optional[str] = ..., split_plan: _Optional[str] = ..., clouds_down: _Optional[_Iterable[str]] = ...) -> None: ...
