@@ -407,6 +407,22 @@ def certs_dev(
     print(usage(paths))
 
 
+@certs_app.command("tp-keys")
+def certs_tp_keys(
+    out: Annotated[Path, typer.Option(help="folder to write the key files to")] = Path("edgecloud-tp-keys"),
+) -> None:
+    """ZeroMQ CURVE keys of a tensor-parallel group: the master's pair and the members' pair (secrets 0600)."""
+    from edgecloud.kernels.curve import write_group_keys
+
+    try:
+        written = write_group_keys(out)
+    except OSError as exc:
+        raise _fail(str(exc)) from exc
+    print("\n".join(str(p) for p in written))
+    print(f"the master needs {out}/master.key_secret and {out}/member.key; every worker needs "
+          f"{out}/master.key and {out}/member.key_secret (pass --curve-keys FOLDER)")
+
+
 @app.command(**PASS_THROUGH)
 def netem(ctx: typer.Context) -> None:
     """Network emulation: shaping TCP proxies with a control API (`edgecloud netem --help`)."""

@@ -15,9 +15,10 @@ fewer bytes than fp32; each compression adds at most ``q80.error_bound`` to a va
 The star sums in float32 whatever the tensor's dtype; the ring's partial sums travel in the tensor's
 dtype (rounded at each hop for fp16/bf16). The result comes back in that dtype, in memory of its own.
 
-Trusted networks only, for now: frames are validated and size-bounded and nothing is unpickled, but
-peers are not authenticated (a rank is who it says it is; messages from connections outside the
-group are dropped). Encryption and keys (ZeroMQ CURVE) come with the cluster's credentials.
+Frames are validated and size-bounded and nothing is unpickled. Without keys, peers are not
+authenticated (a rank is who it says it is; messages from connections outside the group are
+dropped): trusted networks only. With ``keys`` (``curve.GroupKeys``, the star only) every link is
+encrypted with ZeroMQ CURVE and only holders of the group's member key can join (``curve``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 import zmq
 
 from edgecloud.kernels import frames, q80
+from edgecloud.kernels.curve import GroupKeys, secure_master, secure_worker
 from edgecloud.kernels.frames import Q80, RAW, FrameError, Header, tensor_view
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -167,14 +169,20 @@ class StarAllreduce(_Peer):
     """One rank of a star: ``StarAllreduce.master(bind, N)`` or ``StarAllreduce.worker(address, rank, N)``.
 
     ``connect()`` (each side, before the first step) waits until all N are there; then every rank calls
-    ``allreduce`` for the same tensors in the same order.
+    ``allreduce`` for the same tensors in the same order. ``keys``: CURVE (``curve.GroupKeys``).
     """
 
     def __init__(self, rank: int, world_size: int, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 compress: bool = False, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 compress: bool = False, max_bytes: int = DEFAULT_MAX_BYTES, keys: GroupKeys | None = None) -> None:
         super().__init__(rank, world_size, timeout_s, compress, max_bytes)
+        self._authenticator = None
+        self._own_context = keys is not None
+        if keys is not None:  # a context of its own: its ZAP handler serves this master alone
+            self._context = zmq.Context()
         if rank == 0:
             self._router = self._socket(zmq.ROUTER)
+            if keys is not None:
+                self._authenticator = secure_master(self._router, self._context, keys)
             # no ROUTER_HANDOVER: a second connection calling itself rank k cannot take rank k's route
             self._router.bind(address)
             self.address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -182,8 +190,19 @@ class StarAllreduce(_Peer):
         else:
             self._dealer = self._socket(zmq.DEALER)
             self._dealer.setsockopt(zmq.IDENTITY, f"rank-{rank}".encode())
+            if keys is not None:
+                secure_worker(self._dealer, keys)
             self._dealer.connect(address)
             self.address = address
+
+    def close(self) -> None:
+        super().close()
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+        if self._own_context:
+            self._context.term()
+            self._own_context = False
 
     @classmethod
     def master(cls, bind: str, world_size: int, **kwargs) -> StarAllreduce:

@@ -3,6 +3,7 @@ clear errors naming the peer that failed, and no frame of an aborted step summed
 
 from __future__ import annotations
 
+import stat
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ import zmq
 
 from edgecloud.kernels import q80
 from edgecloud.kernels.collectives import CollectiveError, PeerTimeout, RingAllreduce, StarAllreduce
+from edgecloud.kernels.curve import GroupKeys, write_group_keys
 from edgecloud.kernels.frames import CONTRIBUTE, Header
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -280,4 +282,72 @@ def test_messages_from_outside_the_group_are_dropped() -> None:
         assert peers[0].dropped_strangers == 1
     finally:
         stranger.close()
+        close_all(peers)
+
+
+# CURVE: encrypted links, members only ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tp-keys")
+    written = write_group_keys(folder)
+    secrets = [p for p in written if p.name.endswith("_secret")]
+    assert len(secrets) == 2 and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in secrets)
+    return folder
+
+
+def test_members_sum_over_curve(keys) -> None:
+    master_keys, worker_keys = GroupKeys.load(keys, master=True), GroupKeys.load(keys, master=False)
+    assert worker_keys.master_secret is None and master_keys.member_secret is None
+    master = StarAllreduce.master("tcp://127.0.0.1:*", 3, keys=master_keys)
+    peers = [master] + [StarAllreduce.worker(master.address, r, 3, keys=worker_keys) for r in (1, 2)]
+    try:
+        assert in_threads([p.connect for p in peers]) == [None] * 3
+        tensors = [torch.randn(257, generator=torch.Generator().manual_seed(r)) for r in range(3)]
+        for result in allreduce_all(peers, tensors):
+            torch.testing.assert_close(result, sum(tensors), rtol=0, atol=1e-6)
+    finally:
+        close_all(peers)
+
+
+@pytest.mark.parametrize("intruder", ["plaintext", "another group's keys", "the master's public key only"])
+def test_a_peer_without_the_group_keys_never_joins(keys, tmp_path, intruder) -> None:
+    wrong = None
+    if intruder != "plaintext":
+        write_group_keys(tmp_path / "other")
+        wrong = GroupKeys.load(tmp_path / "other", master=False)
+    if intruder == "the master's public key only":  # it is public: the member key is the credential
+        wrong = GroupKeys(GroupKeys.load(keys, master=False).master_public, wrong.member_public, wrong.member_secret)
+    master = StarAllreduce.master("tcp://127.0.0.1:*", 2, timeout_s=1.0, keys=GroupKeys.load(keys, master=True))
+    worker = StarAllreduce.worker(master.address, 1, 2, timeout_s=1.0, keys=wrong)
+    try:
+        results = in_threads([master.connect, worker.connect])
+        assert isinstance(results[0], PeerTimeout) and "workers [1] of 2 never joined" in str(results[0])
+        assert isinstance(results[1], PeerTimeout)
+    finally:
+        close_all([master, worker])
+
+
+def test_a_worker_cannot_be_fooled_by_a_master_without_the_master_key(keys, tmp_path) -> None:
+    write_group_keys(tmp_path / "other")
+    impostor = StarAllreduce.master("tcp://127.0.0.1:*", 2, timeout_s=1.0,
+                                    keys=GroupKeys.load(tmp_path / "other", master=True))
+    worker = StarAllreduce.worker(impostor.address, 1, 2, timeout_s=1.0, keys=GroupKeys.load(keys, master=False))
+    try:
+        results = in_threads([impostor.connect, worker.connect])
+        assert all(isinstance(r, PeerTimeout) for r in results)
+    finally:
+        close_all([impostor, worker])
+
+
+def test_missing_keys_are_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ValueError, match="edgecloud certs tp-keys"):
+        GroupKeys.load(tmp_path, master=False)
+
+
+def test_plain_star_still_works_beside_curve(keys) -> None:
+    peers = star(2)
+    try:
+        out = allreduce_all(peers, [torch.ones(4), torch.ones(4)])
+        assert all(torch.equal(o, torch.full((4,), 2.0)) for o in out)
+    finally:
         close_all(peers)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from edgecloud.kernels.collectives import StarAllreduce
+from edgecloud.kernels.curve import write_group_keys
 from edgecloud.models.config import ModelConfig
 from edgecloud.models.llama import LlamaModel
 from edgecloud.models.loader import save_model
@@ -143,11 +144,16 @@ def test_a_shard_holds_its_own_slices_only(llama) -> None:
         sum(t.numel() for t in state.values()) + 2 * norms + kv_extra
 
 
-def test_greedy_generation_through_worker_processes(llama, tmp_path: Path) -> None:
-    """Pre-split files, workers as real processes that read only their own file: greedy == the whole model."""
+@pytest.mark.parametrize("curve", [False, True])
+def test_greedy_generation_through_worker_processes(llama, tmp_path: Path, curve: bool) -> None:
+    """Pre-split files, workers as real processes that read only their own file: greedy == the whole model
+    (also with the group's links encrypted and members-only: CURVE keys)."""
     source = save_model(llama, tmp_path / "model")
     write_shards(source, tmp_path / "shards", 3, [1, 2, 1])
-    with local_group(tmp_path / "shards") as group:
+    keys = tmp_path / "keys" if curve else None
+    if keys is not None:
+        write_group_keys(keys)
+    with local_group(tmp_path / "shards", curve_keys=keys) as group:
         check_against(llama, group)
         group.reset()
         out, logits = [], group.forward(torch.tensor([PROMPT]))

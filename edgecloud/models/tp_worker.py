@@ -1,6 +1,7 @@
 """A tensor-parallel worker process: load this rank's shard, join the master's star, serve until told to stop.
 
     python -m edgecloud.models.tp_worker --shards DIR --rank R --master tcp://HOST:PORT [--timeout-s S]
+        [--curve-keys DIR]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from edgecloud.kernels.collectives import StarAllreduce
+from edgecloud.kernels.curve import GroupKeys
 from edgecloud.models.dtypes import parse_dtype
 from edgecloud.models.sharded import TensorParallelGroup, load_shard, serve_worker
 
@@ -22,8 +24,12 @@ from edgecloud.models.sharded import TensorParallelGroup, load_shard, serve_work
 @contextlib.contextmanager
 def local_group(shards: str | Path, *, dtype: str = "fp32", threads: int | None = None, timeout_s: float = 30.0,
                 bind: str = "tcp://127.0.0.1:*", worker_address: Callable[[str, int], str] | None = None,
-                memory_window: int | None = None) -> Iterator[TensorParallelGroup]:
+                memory_window: int | None = None, curve_keys: str | Path | None = None
+                ) -> Iterator[TensorParallelGroup]:
     """A whole group on this machine: rank 0 here, every other rank a worker process of its own.
+
+    ``curve_keys``: a folder from ``edgecloud certs tp-keys``; the links are then encrypted (CURVE)
+    and only members join.
 
     ``worker_address(address, rank)`` may give a worker another way to the master (a shaping proxy).
     On exit the workers are told to stop and waited for (killed if they do not); a worker that
@@ -31,9 +37,11 @@ def local_group(shards: str | Path, *, dtype: str = "fp32", threads: int | None 
     """
     rank0 = load_shard(shards, 0, dtype=parse_dtype(dtype), memory_window=memory_window)
     ways = rank0.plan.ways
-    with StarAllreduce.master(bind, ways, timeout_s=timeout_s) as collective:
+    keys = GroupKeys.load(curve_keys, master=True) if curve_keys else None
+    with StarAllreduce.master(bind, ways, timeout_s=timeout_s, keys=keys) as collective:
         extra = (["--threads", str(threads)] if threads else []) + \
-            (["--memory-window", str(memory_window)] if memory_window else [])
+            (["--memory-window", str(memory_window)] if memory_window else []) + \
+            (["--curve-keys", str(curve_keys)] if curve_keys else [])
         workers = [subprocess.Popen([sys.executable, "-m", "edgecloud.models.tp_worker", "--shards", str(shards),
                                      "--rank", str(r), "--master",
                                      worker_address(collective.address, r) if worker_address else collective.address,
@@ -65,11 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=30.0, help="for each allreduce step")
     parser.add_argument("--memory-window", type=int, default=None,
                         help="keep only this many layers' weights in RAM, reading the next ones in the background")
+    parser.add_argument("--curve-keys", default=None,
+                        help="folder with the group's CURVE keys (master.key, member.key_secret): encrypted "
+                             "links, members only (`edgecloud certs tp-keys`)")
     args = parser.parse_args(argv)
+    try:
+        keys = GroupKeys.load(args.curve_keys, master=False) if args.curve_keys else None
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_shard(args.shards, args.rank, dtype=parse_dtype(args.dtype), memory_window=args.memory_window)
-    with StarAllreduce.worker(args.master, args.rank, model.plan.ways, timeout_s=args.timeout_s) as collective:
+    with StarAllreduce.worker(args.master, args.rank, model.plan.ways, timeout_s=args.timeout_s,
+                              keys=keys) as collective:
         collective.connect(timeout_s=max(args.timeout_s, 600.0))  # the others may still be loading their shards
         serve_worker(model, collective)
     return 0
