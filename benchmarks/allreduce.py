@@ -27,6 +27,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import torch
 
 HOST = "127.0.0.1"
 SIZES = [1024, 16 * 1024, 256 * 1024, 4 * 1024 * 1024]
-ALGOS = ["star", "star-q80", "ring", "pickle-star", "gloo"]
+ALGOS = ["star", "star-q80", "star-curve", "ring", "pickle-star", "gloo"]  # star-curve: encrypted, members only
 
 
 # ---- one rank (a child process) ----
@@ -108,12 +109,15 @@ def rank_main(args: argparse.Namespace) -> None:
             print(peer.address, flush=True)
             peer.connect(sys.stdin.readline().strip())
         else:
+            from edgecloud.kernels.curve import GroupKeys
+
             compress = args.algo == "star-q80"
+            keys = GroupKeys.load(args.keys, master=rank == 0) if args.algo == "star-curve" else None
             if rank == 0:
-                peer = StarAllreduce.master(f"tcp://{HOST}:*", world, timeout_s=120, compress=compress)
+                peer = StarAllreduce.master(f"tcp://{HOST}:*", world, timeout_s=120, compress=compress, keys=keys)
                 print(peer.address, flush=True)
             else:
-                peer = StarAllreduce.worker(args.address, rank, world, timeout_s=120, compress=compress)
+                peer = StarAllreduce.worker(args.address, rank, world, timeout_s=120, compress=compress, keys=keys)
             peer.connect(timeout_s=120)
         allreduce = peer.allreduce
     timings = {}
@@ -169,7 +173,8 @@ def run_group(algo: str, world: int, sizes: list[int], iters: list[int], latency
 
     def spawn(rank: int, address: str = "") -> subprocess.Popen:
         command = [sys.executable, __file__, "--rank", str(rank), "--world", str(world), "--algo", algo,
-                   "--address", address, "--sizes", *map(str, sizes), "--iters", *map(str, iters)]
+                   "--address", address, "--sizes", *map(str, sizes), "--iters", *map(str, iters),
+                   "--keys", str(workdir / "tp-keys")]
         return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def shaped(address: str) -> str:
@@ -240,13 +245,18 @@ def main() -> None:
     parser.add_argument("--address", default="", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", type=int, nargs="+", default=SIZES)
     parser.add_argument("--iters", type=int, nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--keys", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rank is not None:
         rank_main(args)
         return
     if args.json is None:
         parser.error("--json is required")
-    workdir = Path(os.environ.get("TMPDIR", "/tmp"))
+    workdir = Path(tempfile.mkdtemp(prefix="allreduce-"))
+    if "star-curve" in args.algos:
+        from edgecloud.kernels.curve import write_group_keys
+
+        write_group_keys(workdir / "tp-keys")
     result = {"benchmark": "allreduce", "machine": {"cpu": platform.processor(), "cores": os.cpu_count(),
                                                     "load_average_1m": os.getloadavg()[0]},
               "threads_per_rank": 1, "rate_mbps": args.rate_mbps, "dtype": "float32", "rows": []}
