@@ -43,10 +43,15 @@ class GrpcCloudLink:
     """Verifies draft windows on a cloud node.
 
     The session is opened by the first ``Verify`` itself (``open_with``), so a request that
-    never needs the cloud costs nothing and one that does pays no extra round trip. If the
-    cloud dropped the session, a new one is opened with every token the cloud had replayed.
-    ``cloud_tokens`` is the edge's record of the cloud session; after every verification it is
-    checked against the length the cloud reports.
+    never needs the cloud costs nothing and one that does pays no extra round trip.
+    ``cloud_tokens`` is the edge's record of the session's history: every token the cloud has
+    accepted into it (context pushed or verified, accepted drafts). It only ever grows on a
+    successful call, and is never cleared: when there is no live session (``session_id`` empty:
+    the first call, an eviction, ``restart`` after a failed call), the next call opens one with
+    the whole history, so a failed replay loses nothing. After every call the session's length is
+    checked against it. ``_pushed`` counts the leading tokens of the router's unseen list that a
+    background push has already added to the history (the router keeps them until a verification
+    succeeds).
     """
 
     def __init__(self, stub: pb_grpc.CloudNodeStub, *, temperature: float = 0.0, seed: int | None = None,
@@ -57,12 +62,11 @@ class GrpcCloudLink:
         self.timeout_s = timeout_s
         self.prefetch_batch_tokens = prefetch_batch_tokens
         self.session_id = ""
-        self.cloud_tokens: list[int] = []  # what the cloud's session holds, for a replay
-        self.replays = 0
-        self._pushed = 0  # leading tokens of the router's unseen list already pushed in the background
+        self.cloud_tokens: list[int] = []  # the session's history, as the edge knows it
+        self.replays = 0  # sessions opened again with a history (after an eviction or a failure)
+        self._pushed = 0  # leading tokens of the router's unseen list already in the history
         self._push: asyncio.Task | None = None
         self._background = _Background()
-        self._restart = False  # the next verify rebuilds the session from scratch
 
     def prefetch(self, unseen: list[int]) -> None:
         """Push unseen context in the background (OpenSession with it, then Extend), a batch at a time."""
@@ -70,78 +74,54 @@ class GrpcCloudLink:
             return
         if len(unseen) - self._pushed < self.prefetch_batch_tokens:
             return
-        tokens = unseen[self._pushed:]
-        self._pushed = len(unseen)
-        self._push = asyncio.create_task(self._push_context(tokens))
+        self._push = asyncio.create_task(self._push_context(unseen[self._pushed:]))
+
+    def rebuild(self, unseen: list[int]) -> asyncio.Task:
+        """After ``restart``: open the new session in the background with the whole history plus ``unseen``
+        (the router's, which keeps growing meanwhile; the next ``verify`` sends the rest). If it fails,
+        that ``verify`` opens the session itself."""
+        if self._push is not None and not self._push.done():
+            return self._push
+        self._push = asyncio.create_task(self._push_context(unseen[self._pushed:]))
+        return self._push
 
     async def _push_context(self, tokens: list[int]) -> None:
         if not self.session_id:
-            request = pb.OpenSessionRequest(prompt_token_ids=tokens, acceptance=self.options)
+            request = pb.OpenSessionRequest(prompt_token_ids=[*self.cloud_tokens, *tokens], acceptance=self.options)
             reply = await self.stub.OpenSession(request, timeout=self.timeout_s)
+            self.replays += bool(self.cloud_tokens)
             self.session_id = reply.session_id
         else:
             request = pb.ExtendRequest(session_id=self.session_id, token_ids=tokens)
             reply = await self.stub.Extend(request, timeout=self.timeout_s)
         self.cloud_tokens += tokens
+        self._pushed += len(tokens)
         self._check_length(reply.session_tokens)
         self._background.add(request.ByteSize(), reply.ByteSize(), reply.compute_s)
 
     async def _settle_push(self, context: list[int]) -> list[int]:
-        """Wait for a background push; return the part of ``context`` the cloud still lacks."""
-        pushed, self._pushed = self._pushed, 0
-        if self._push is None:
-            return context
-        push, self._push = self._push, None
-        try:
-            await push
-        except (grpc.aio.AioRpcError, DomainError, OSError) as exc:
-            log.warning("background context push failed (%s); replaying into a new session", exc)
-            return self._replay(context)
-        return context[pushed:]
-
-    def _replay(self, context: list[int]) -> list[int]:
-        """Forget the cloud session; the context that rebuilds it: every token it held, then ``context``."""
-        replay, self.cloud_tokens, self.session_id = self.cloud_tokens + context, [], ""
-        self.replays += 1
-        return replay
-
-    def rebuild(self, unseen: list[int]) -> asyncio.Task:
-        """After ``restart``: open the new session in the background with every token the old one held
-        plus ``unseen`` (the router's, which keeps growing meanwhile; the next ``verify`` sends the rest).
-        If it fails, that ``verify`` replays synchronously."""
-        if self._push is not None and not self._push.done():
-            return self._push
-        history = [*self.cloud_tokens, *unseen]
-        self._restart = False
-        self._pushed = len(unseen)
-        self._push = asyncio.create_task(self._reopen(history))
-        return self._push
-
-    async def _reopen(self, history: list[int]) -> None:
-        request = pb.OpenSessionRequest(prompt_token_ids=history, acceptance=self.options)
-        reply = await self.stub.OpenSession(request, timeout=self.timeout_s)
-        self.session_id, self.cloud_tokens = reply.session_id, history
-        self.replays += 1
-        self._check_length(reply.session_tokens)
-        self._background.add(request.ByteSize(), reply.ByteSize(), reply.compute_s)
+        """Wait for a background push; the part of ``context`` (the router's unseen list) not in the history."""
+        if self._push is not None:
+            push, self._push = self._push, None
+            try:
+                await push
+            except (grpc.aio.AioRpcError, DomainError, OSError) as exc:
+                log.warning("background context push failed (%s); opening the session again with its history", exc)
+                self.session_id = ""  # it may be half-made, or gone
+        return context[self._pushed:]
 
     def restart(self, stub: pb_grpc.CloudNodeStub | None = None) -> None:
-        """After a failed call (the cloud may or may not have applied it): the next ``verify`` opens a new
-        session, on ``stub`` if given (another cloud node), with every token the old one held."""
+        """After a failed call (the cloud may or may not have applied it): the next call opens a new
+        session, on ``stub`` if given (another cloud node), with the whole history."""
         if self._push is not None:
             self._push.cancel()
             self._push = None
-        self._pushed = 0
-        self._restart = True
         self.session_id = ""  # the old one is left to expire (its cloud may be gone)
         if stub is not None:
             self.stub = stub
 
     async def verify(self, context: list[int], draft: list[int]) -> LinkVerdict:
         context = await self._settle_push(context)
-        if self._restart:
-            self._restart = False
-            context = self._replay(context)
         started = time.perf_counter()
         request = self._request(context, draft)
         bytes_up = request.ByteSize()
@@ -150,13 +130,15 @@ class GrpcCloudLink:
         except _SessionGone:
             log.warning("cloud session %s is gone; replaying %d tokens", self.session_id,
                         len(self.cloud_tokens) + len(context))
-            context = self._replay(context)  # the whole session, not just what is new
-            request = self._request(context, draft)
+            self.session_id = ""
+            request = self._request(context, draft)  # the whole history, not just what is new
             bytes_up += request.ByteSize()
             reply = await self._call(request)
         rtt = time.perf_counter() - started
+        self.replays += not request.session_id and bool(self.cloud_tokens)
         self.session_id = reply.session_id
         self.cloud_tokens += [*context, *draft[:reply.accepted]]
+        self._pushed = 0  # the router sent its unseen list: it starts a new one
         self._check_length(reply.session_tokens)
         background, self._background = self._background, _Background()
         return LinkVerdict(accepted=reply.accepted, next_token=reply.next_token_id,
@@ -182,9 +164,12 @@ class GrpcCloudLink:
                                    f"sent {len(self.cloud_tokens)}", grpc.StatusCode.INTERNAL)
 
     def _request(self, context: list[int], draft: list[int]) -> pb.VerifyRequest:
-        request = pb.VerifyRequest(session_id=self.session_id, context_token_ids=context, draft_token_ids=draft)
-        if not self.session_id:
-            request.open_with.CopyFrom(self.options)
+        """The call for ``context`` (new tokens) and ``draft``; with no live session, one that opens it
+        with the whole history first."""
+        if self.session_id:
+            return pb.VerifyRequest(session_id=self.session_id, context_token_ids=context, draft_token_ids=draft)
+        request = pb.VerifyRequest(context_token_ids=[*self.cloud_tokens, *context], draft_token_ids=draft)
+        request.open_with.CopyFrom(self.options)
         return request
 
     async def _call(self, request: pb.VerifyRequest) -> pb.VerifyResponse:

@@ -121,7 +121,11 @@ class FailoverCloudLink:
         if self._rebuild is not None:
             if not self._rebuild.done():  # the edge keeps writing (degraded) while the cloud replays
                 raise CloudDown(f"cloud node {self.address} is rebuilding the session", attempted=False)
-            self._rebuild = None
+            rebuild, self._rebuild = self._rebuild, None
+            failure = None if rebuild.cancelled() else rebuild.exception()
+            if failure is not None:  # down again: back off and probe, rather than replay straight away
+                self._failed(f"rebuilding the session failed: {failure}")
+                raise CloudDown(f"cloud node {self.address} failed while rebuilding the session", attempted=True)
         elif self.health.is_down(self.address):
             await self._before_retry()
             self._outage_ended = time.perf_counter()

@@ -192,6 +192,7 @@ class FlakyStub:
     def __init__(self, stub: cloud_node_pb2_grpc.CloudNodeStub) -> None:
         self.stub = stub
         self.down = False
+        self.failing: set[str] = set()  # methods that fail even while not down
         self.calls: list[str] = []
 
     def __getattr__(self, method: str):
@@ -199,7 +200,7 @@ class FlakyStub:
 
         async def call(request, **kwargs):
             self.calls.append(method)
-            if self.down:
+            if self.down or method in self.failing:
                 raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
                                            details="connection reset (test outage)")
             return await real(request, **kwargs)
@@ -270,3 +271,84 @@ def test_a_request_that_starts_after_an_outage_opens_its_session_at_once(llm) ->
     verdict, calls = serve_cloud(SessionStore(llm, SessionLimits()), scenario)
     assert verdict.next_token == next(iter(generate_ids(llm, PROMPT, max_new_tokens=1)))
     assert calls == ["Verify"] and not health.is_down("cloud:1")
+
+
+async def _until(check, what: str) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _resume(link: FailoverCloudLink, health: CloudHealth, unseen: list[int]):
+    """Verify until the cloud takes the call again (the background rebuild first)."""
+    with pytest.raises(CloudDown):  # the rebuild starts
+        await link.verify(unseen, [])
+    unseen.append(40)  # the edge writes on meanwhile (degraded), as the router does after CloudDown
+    await _until(lambda: not health.is_down("cloud:1"), "the rebuild")
+    return await link.verify(unseen, [])
+
+
+def test_a_failed_replay_loses_no_history(llm) -> None:
+    """The rebuild after an outage fails (OpenSession refused): the history is still whole, the link
+    backs off (no straight synchronous replay), and the next rebuild holds every token once."""
+    now = [0.0]
+    health = CloudHealth(clock=lambda: now[0])
+
+    async def scenario(stub):
+        flaky = FlakyStub(stub)
+        link = FailoverCloudLink("cloud:1", lambda _address: flaky, health)
+        first = await link.verify(list(PROMPT), [])
+        unseen = [first.next_token]
+        flaky.down = True
+        with pytest.raises(CloudDown):
+            await link.verify(unseen, [])
+        flaky.down, flaky.failing = False, {"OpenSession"}
+        now[0] = 10.0
+        unseen.append(11)
+        with pytest.raises(CloudDown):  # the rebuild starts, and fails
+            await link.verify(unseen, [])
+        await _until(lambda: link.link._push is None or link.link._push.done(), "the failed rebuild")
+        calls = len(flaky.calls)
+        with pytest.raises(CloudDown) as down:  # it backs off: no synchronous replay into a failing cloud
+            await link.verify(unseen, [])
+        assert down.value.attempted and len(flaky.calls) == calls and health.is_down("cloud:1")
+        assert link.link.cloud_tokens == PROMPT  # the history is whole: nothing was lost
+        flaky.failing = set()
+        now[0] = 20.0
+        unseen.append(12)
+        verdict = await _resume(link, health, unseen)
+        return verdict, link, [*PROMPT, *unseen]
+
+    verdict, link, history = serve_cloud(SessionStore(llm, SessionLimits()), scenario)
+    assert link.link.cloud_tokens == history
+    assert verdict.next_token == next(iter(generate_ids(llm, history, max_new_tokens=1)))
+
+
+def test_tokens_pushed_in_the_background_are_not_sent_twice_after_a_failure(llm) -> None:
+    """A prefetch put unseen tokens into the session, then the verification failed: the rebuilt session
+    holds each of them once (the router still has them in its unseen list)."""
+    now = [0.0]
+    health = CloudHealth(clock=lambda: now[0])
+
+    async def scenario(stub):
+        flaky = FlakyStub(stub)
+        link = FailoverCloudLink("cloud:1", lambda _address: flaky, health)
+        first = await link.verify(list(PROMPT), [])
+        unseen = [first.next_token, *range(20, 28)]
+        link.prefetch(unseen)
+        await _until(lambda: link.link._push is not None and link.link._push.done(), "the push")
+        assert flaky.calls[-1] == "Extend"
+        flaky.failing = {"Verify"}
+        with pytest.raises(CloudDown):
+            await link.verify(unseen, [])
+        flaky.failing = set()
+        now[0] = 10.0
+        unseen.append(30)
+        verdict = await _resume(link, health, unseen)
+        return verdict, link, [*PROMPT, *unseen]
+
+    verdict, link, history = serve_cloud(SessionStore(llm, SessionLimits()), scenario)
+    assert link.link.cloud_tokens == history
+    assert verdict.next_token == next(iter(generate_ids(llm, history, max_new_tokens=1)))
