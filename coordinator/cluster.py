@@ -246,9 +246,10 @@ class Cluster:
         """Add or refresh a node; returns its lease.
 
         A live id under another lease is not replaced (AlreadyExists): only the holder of the lease
-        (or the same process, by ``instance``) moves or refreshes it — except a registration at the
-        entry's own address after ``restart_after_s`` of silence (the node restarted in place). A
-        stale or offline entry is replaced by whoever registers the id next.
+        moves or refreshes it (the same process, by ``instance``, only at the entry's address) —
+        except a registration of the same role and models at the entry's own address after
+        ``restart_after_s`` of silence (the node restarted in place). A stale or offline entry is
+        replaced by whoever registers the id next.
         """
         validate_node(info, self.limits)
         instance = instance or info.labels.get(INSTANCE_LABEL, "")
@@ -257,9 +258,13 @@ class Cluster:
             self._expire(now)
             old = self._nodes.get(info.node_id)
             if old is not None:
+                # The instance label is not a secret (status replies and MQTT payloads carry it): it makes
+                # a registration the entry's own process only at the entry's address; moving takes the lease.
+                same_place = info.address == old.address and info.role == old.info.role
                 holder = ((bool(lease) and hmac.compare_digest(lease.encode(), old.lease.encode()))
-                          or (bool(instance) and instance == old.instance))
-                restarted = info.address == old.address and now - old.last_seen >= self.restart_after_s
+                          or (bool(instance) and instance == old.instance and same_place))
+                restarted = (same_place and tuple(info.models) == tuple(old.info.models)
+                             and now - old.last_seen >= self.restart_after_s)
                 if not holder and not restarted and self._live(old, now):
                     raise AlreadyExists(f"node {clip(info.node_id)} is registered (at {clip(old.address)}) under "
                                         "another lease; register with its lease, or wait until it has been "

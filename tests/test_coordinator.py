@@ -229,6 +229,19 @@ def test_a_node_restarted_at_its_address_takes_its_entry_over_after_a_missed_hea
     assert restarted != lease and [n.address for n in cluster.live()] == ["127.0.0.1:7"]
     with pytest.raises(PermissionDenied):
         cluster.heartbeat("c", lease, Load())
+    now[0] = 20.0  # silent again: another model at the address is not the same node restarted
+    with pytest.raises(AlreadyExists):
+        cluster.register(NodeInfo("c", Role.CLOUD, "127.0.0.1:7", models=("other",)))
+
+
+def test_the_public_instance_label_does_not_move_a_live_node() -> None:
+    """The instance label is in status replies: copying it must not take a live entry elsewhere."""
+    cluster = Cluster(ttl_s=15)
+    lease = cluster.register(NodeInfo("n", Role.EDGE, "127.0.0.1:5"), instance="inst-1")
+    with pytest.raises(AlreadyExists):
+        cluster.register(NodeInfo("n", Role.EDGE, "6.6.6.6:7000"), instance="inst-1")
+    assert cluster.register(NodeInfo("n", Role.EDGE, "127.0.0.1:5"), instance="inst-1") == lease  # its own process
+    assert [n.address for n in cluster.live()] == ["127.0.0.1:5"]
 
 
 # Failover through real edge daemons ------------------------------------------------------------------------
