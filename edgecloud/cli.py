@@ -157,6 +157,8 @@ def status(
     auth_token: Annotated[str | None, typer.Option(envvar="EDGECLOUD_AUTH_TOKEN", help="client token")] = None,
 ) -> None:
     """The cluster's nodes as the coordinator sees them, and what each edge node reports of itself."""
+    from rich.markup import escape
+
     from edgecloud.client import Client, EdgecloudError
     from edgecloud.rpc import SecurityConfig
 
@@ -171,7 +173,8 @@ def status(
     table = Table("node", "role", "state", "address", "models", "requests", title=f"cluster at {coordinator}")
     for node in nodes:
         state = "suspect" if node.suspect else ("live" if node.live else "stale")
-        table.add_row(node.node_id, node.role, state, node.address, ", ".join(node.models), str(node.active_requests))
+        table.add_row(*(escape(cell) for cell in (node.node_id, node.role, state, node.address, ", ".join(node.models),
+                                                  str(node.active_requests))))
     console = Console()
     console.print(table)
     if not nodes:
@@ -183,7 +186,7 @@ def status(
             with Client(node.address, security=security, timeout_s=10, target="edge") as edge:
                 own = edge.edge_status()
         except (EdgecloudError, ValueError, OSError) as exc:
-            console.print(f"{node.node_id}: no status ({exc})")
+            console.print(f"{node.node_id}: no status ({exc})", markup=False, highlight=False)
             continue
         down = ", ".join(own.clouds_down) or "none"
         line = f"{node.node_id}: clouds down: {down}"

@@ -27,15 +27,20 @@ def split_listen(listen: str, what: str = "listen") -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def server_ssl(security: rpc.SecurityConfig, what: str = "HTTP listener") -> ssl.SSLContext | None:
-    """The HTTPS context of the daemon's TLS certificate and key (None without TLS)."""
+def server_ssl(security: rpc.SecurityConfig, what: str = "HTTP listener", *,
+               client_certificates: bool = False) -> ssl.SSLContext | None:
+    """The HTTPS context of the daemon's TLS certificate and key (None without TLS); with
+    ``client_certificates``, mutual TLS as on the gRPC listener when ``tls_client_ca_path`` is set."""
     if not security.server_tls:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(str(security.tls_cert_path), str(security.tls_key_path))
+        if client_certificates and security.tls_client_ca_path:
+            context.load_verify_locations(str(security.tls_client_ca_path))
+            context.verify_mode = ssl.CERT_REQUIRED
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"cannot load the TLS certificate and key for the {what}: {exc}") from exc
+        raise ValueError(f"cannot load the TLS certificate, key or client CA for the {what}: {exc}") from exc
     return context
 
 
@@ -49,8 +54,10 @@ def bearer_ok(header: str | None, token: str | None) -> bool:
 class HttpListener:
     """Serves an aiohttp ``app`` on ``listen`` (port 0 = any), HTTPS with the daemon's certificate."""
 
-    def __init__(self, app: web.Application, listen: str, security: rpc.SecurityConfig, *, what: str) -> None:
+    def __init__(self, app: web.Application, listen: str, security: rpc.SecurityConfig, *, what: str,
+                 client_certificates: bool = False) -> None:
         self.app = app
+        self.client_certificates = client_certificates
         self.listen = listen
         self.security = security
         self.what = what
@@ -60,7 +67,7 @@ class HttpListener:
     async def start(self) -> str:
         """Bind; returns the base URL (``http(s)://host:port``, the real port)."""
         host, port = split_listen(self.listen, self.what)
-        context = server_ssl(self.security, self.what)
+        context = server_ssl(self.security, self.what, client_certificates=self.client_certificates)
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         try:

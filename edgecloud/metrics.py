@@ -119,7 +119,8 @@ class MetricsServer:
         self.token = security.auth_token
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        self._listener = HttpListener(app, listen, security, what="metrics listener")
+        # Under mutual TLS the scraper presents a certificate too (Prometheus: tls_config cert_file).
+        self._listener = HttpListener(app, listen, security, what="metrics listener", client_certificates=True)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         if not bearer_ok(request.headers.get("Authorization"), self.token):

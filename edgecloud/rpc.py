@@ -352,7 +352,7 @@ async def _served(method: str, context: grpc.aio.ServicerContext) -> AsyncIterat
     with metrics.served(method) as call:
         try:
             yield
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: a stream closed by its client
             cancelled = True
             raise
         except grpc.aio.AbortError:

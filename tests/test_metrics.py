@@ -166,3 +166,35 @@ def test_every_daemon_serves_metrics_that_match_the_summaries(cluster) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         scrape(urls["edge"], token=None)
     assert err.value.code == 401
+
+
+def test_under_mutual_tls_a_scrape_needs_a_client_certificate(tmp_path) -> None:
+    """HTTPS with the daemon's certificate; with a client CA (mutual TLS, as on the gRPC listener) a scraper
+    without a certificate signed by it is refused in the handshake."""
+    import ssl
+
+    from edgecloud.certs import write_dev_certificates
+
+    certs = write_dev_certificates(tmp_path / "certs", ["127.0.0.1"])
+    security = SecurityConfig(tls_cert_path=str(certs.node_cert), tls_key_path=str(certs.node_key),
+                              tls_client_ca_path=str(certs.ca_cert))
+
+    def fetch(url: str, with_certificate: bool) -> int:
+        context = ssl.create_default_context(cafile=str(certs.ca_cert))
+        if with_certificate:
+            context.load_cert_chain(str(certs.client_cert), str(certs.client_key))
+        with urllib.request.urlopen(url, timeout=10, context=context) as response:
+            return response.status
+
+    async def run() -> None:
+        server = metrics.MetricsServer("127.0.0.1:0", security)
+        url = await server.start()
+        try:
+            assert url.startswith("https://127.0.0.1:")
+            assert await asyncio.to_thread(fetch, url, True) == 200
+            with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+                await asyncio.to_thread(fetch, url, False)
+        finally:
+            await server.close()
+
+    asyncio.run(run())
