@@ -160,17 +160,33 @@ class FailoverCloudLink:
         return done
 
     async def _before_retry(self) -> None:
-        """The cloud is down: move to another that is up, or retry this one once its backoff passed (a status
-        probe first, so that a dead cloud costs no full call); ``CloudDown`` when neither can be tried now."""
-        others = [a for a in self.candidates() if a != self.address and not self.health.is_down(a)]
-        if others:
-            self._switch(sorted(others)[0])
-            return
-        if not self.health.retry_due(self.address):
-            raise CloudDown(f"cloud node {self.address} is down; retrying after its backoff", attempted=False)
-        if self.probe is not None and not await self.probe(self.address):
-            self._failed("it does not answer a status probe")
-            raise CloudDown(f"cloud node {self.address} does not answer yet", attempted=True)
+        """The cloud is down: move to another known cloud that is not down and answers a status probe;
+        else retry any known cloud (this one first) whose backoff has passed and that answers now.
+        ``CloudDown`` when none can be used now (``attempted``: a probe was sent and failed)."""
+        others = sorted(a for a in self.candidates() if a != self.address)
+        for address in [a for a in others if not self.health.is_down(a)]:
+            if await self._answers(address):
+                self._switch(address)
+                return
+            self.health.failed(address)  # a registered cloud that is gone (stale) is not tried again at once
+        probed = False
+        for address in [self.address, *others]:
+            if not self.health.retry_due(address):
+                continue
+            probed = True
+            if await self._answers(address):
+                if address != self.address:
+                    self._switch(address)
+                return
+            if address == self.address:
+                self._failed("it does not answer a status probe")
+            else:
+                self.health.failed(address)
+        raise CloudDown(f"cloud node {self.address} is down" + (" and no other answers" if others else "")
+                        + ("" if probed else "; retrying after its backoff"), attempted=probed)
+
+    async def _answers(self, address: str) -> bool:
+        return self.probe is None or await self.probe(address)
 
     def _switch(self, address: str) -> None:
         log.warning("cloud node %s is down: moving the session to %s (replaying %d tokens)", self.address,

@@ -352,3 +352,41 @@ def test_tokens_pushed_in_the_background_are_not_sent_twice_after_a_failure(llm)
     verdict, link, history = serve_cloud(SessionStore(llm, SessionLimits()), scenario)
     assert link.link.cloud_tokens == history
     assert verdict.next_token == next(iter(generate_ids(llm, history, max_new_tokens=1)))
+
+
+def test_a_registered_cloud_that_is_gone_is_not_moved_to(llm) -> None:
+    """The other known cloud does not answer its probe (a stale registration): the session stays, and
+    resumes on its own cloud when that one is back; a cloud that answers is moved to."""
+    now = [0.0]
+    health = CloudHealth(clock=lambda: now[0])
+
+    async def scenario(stub):
+        flaky = FlakyStub(stub)
+        alive = {"cloud:1"}
+
+        async def probe(address: str) -> bool:
+            return address in alive and not flaky.down
+
+        link = FailoverCloudLink("cloud:1", lambda _address: flaky, health, candidates=lambda: ["gone:2"],
+                                 probe=probe)
+        first = await link.verify(list(PROMPT), [])
+        unseen = [first.next_token]
+        flaky.down = True
+        with pytest.raises(CloudDown):
+            await link.verify(unseen, [])
+        flaky.down = False
+        now[0] = 10.0
+        verdict = await _resume(link, health, unseen)
+        assert link.address == "cloud:1" and verdict.cloud_switches == 0 and health.is_down("gone:2")
+        flaky.down = True  # now the other one is up: the session moves there
+        unseen = [verdict.next_token]
+        with pytest.raises(CloudDown):
+            await link.verify(unseen, [])
+        flaky.down, alive = False, {"gone:2"}
+        now[0] = 20.0
+        with pytest.raises(CloudDown):  # it moves, and rebuilds the session there
+            await link.verify(unseen, [])
+        return link
+
+    link = serve_cloud(SessionStore(llm, SessionLimits()), scenario)
+    assert link.address == "gone:2" and link.switches == 1
