@@ -105,7 +105,7 @@ class GrpcCloudLink:
             push, self._push = self._push, None
             try:
                 await push
-            except (grpc.aio.AioRpcError, DomainError, OSError) as exc:
+            except Exception as exc:  # an RPC error, a length mismatch, a channel closed meanwhile
                 log.warning("background context push failed (%s); opening the session again with its history", exc)
                 self.session_id = ""  # it may be half-made, or gone
         return context[self._pushed:]

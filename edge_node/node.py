@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import Callable, Collection
 
-import grpc
 import torch
 
 from edgecloud import rpc
@@ -60,7 +59,7 @@ class CloudChannels:
         """Whether the cloud at ``address`` answers a status call within ``PROBE_TIMEOUT_S``."""
         try:
             await self.stub(address).GetStatus(cloud_node_pb2.GetCloudStatusRequest(), timeout=PROBE_TIMEOUT_S)
-        except grpc.aio.AioRpcError:
+        except Exception:  # an RPC error, or a channel the pool closed meanwhile (grpc's UsageError)
             return False
         return True
 

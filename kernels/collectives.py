@@ -179,6 +179,13 @@ class StarAllreduce(_Peer):
         self._own_context = keys is not None
         if keys is not None:  # a context of its own: its ZAP handler serves this master alone
             self._context = zmq.Context()
+        try:
+            self._open(rank, address, keys)
+        except BaseException:  # a bad address or keys: leave no socket, ZAP thread or context behind
+            self.close()
+            raise
+
+    def _open(self, rank: int, address: str, keys: GroupKeys | None) -> None:
         if rank == 0:
             self._router = self._socket(zmq.ROUTER)
             if keys is not None:
