@@ -273,6 +273,21 @@ def test_a_request_that_starts_after_an_outage_opens_its_session_at_once(llm) ->
     assert calls == ["Verify"] and not health.is_down("cloud:1")
 
 
+async def _started(stub, health: CloudHealth, **kwargs) -> tuple[FlakyStub, FailoverCloudLink, list[int]]:
+    """A failover link to "cloud:1" on a flaky stub, its first verification (the prompt) done:
+    (stub, link, the router's unseen list: the cloud's token)."""
+    flaky = FlakyStub(stub)
+    link = FailoverCloudLink("cloud:1", lambda _address: flaky, health, **kwargs)
+    first = await link.verify(list(PROMPT), [])
+    return flaky, link, [first.next_token]
+
+
+def _assert_exact(llm, verdict, link: FailoverCloudLink, history: list[int]) -> None:
+    """The session holds the whole history, each token once, and the cloud's token is the LLM's on it."""
+    assert link.link.cloud_tokens == history
+    assert verdict.next_token == next(iter(generate_ids(llm, history, max_new_tokens=1)))
+
+
 async def _until(check, what: str) -> None:
     for _ in range(500):
         if check():
@@ -297,10 +312,7 @@ def test_a_failed_replay_loses_no_history(llm) -> None:
     health = CloudHealth(clock=lambda: now[0])
 
     async def scenario(stub):
-        flaky = FlakyStub(stub)
-        link = FailoverCloudLink("cloud:1", lambda _address: flaky, health)
-        first = await link.verify(list(PROMPT), [])
-        unseen = [first.next_token]
+        flaky, link, unseen = await _started(stub, health)
         flaky.down = True
         with pytest.raises(CloudDown):
             await link.verify(unseen, [])
@@ -321,9 +333,7 @@ def test_a_failed_replay_loses_no_history(llm) -> None:
         verdict = await _resume(link, health, unseen)
         return verdict, link, [*PROMPT, *unseen]
 
-    verdict, link, history = serve_cloud(SessionStore(llm, SessionLimits()), scenario)
-    assert link.link.cloud_tokens == history
-    assert verdict.next_token == next(iter(generate_ids(llm, history, max_new_tokens=1)))
+    _assert_exact(llm, *serve_cloud(SessionStore(llm, SessionLimits()), scenario))
 
 
 def test_tokens_pushed_in_the_background_are_not_sent_twice_after_a_failure(llm) -> None:
@@ -333,10 +343,8 @@ def test_tokens_pushed_in_the_background_are_not_sent_twice_after_a_failure(llm)
     health = CloudHealth(clock=lambda: now[0])
 
     async def scenario(stub):
-        flaky = FlakyStub(stub)
-        link = FailoverCloudLink("cloud:1", lambda _address: flaky, health)
-        first = await link.verify(list(PROMPT), [])
-        unseen = [first.next_token, *range(20, 28)]
+        flaky, link, unseen = await _started(stub, health)
+        unseen += range(20, 28)
         link.prefetch(unseen)
         await _until(lambda: link.link._push is not None and link.link._push.done(), "the push")
         assert flaky.calls[-1] == "Extend"
@@ -349,9 +357,7 @@ def test_tokens_pushed_in_the_background_are_not_sent_twice_after_a_failure(llm)
         verdict = await _resume(link, health, unseen)
         return verdict, link, [*PROMPT, *unseen]
 
-    verdict, link, history = serve_cloud(SessionStore(llm, SessionLimits()), scenario)
-    assert link.link.cloud_tokens == history
-    assert verdict.next_token == next(iter(generate_ids(llm, history, max_new_tokens=1)))
+    _assert_exact(llm, *serve_cloud(SessionStore(llm, SessionLimits()), scenario))
 
 
 def test_a_registered_cloud_that_is_gone_is_not_moved_to(llm) -> None:
@@ -361,16 +367,12 @@ def test_a_registered_cloud_that_is_gone_is_not_moved_to(llm) -> None:
     health = CloudHealth(clock=lambda: now[0])
 
     async def scenario(stub):
-        flaky = FlakyStub(stub)
         alive = {"cloud:1"}
 
         async def probe(address: str) -> bool:
             return address in alive and not flaky.down
 
-        link = FailoverCloudLink("cloud:1", lambda _address: flaky, health, candidates=lambda: ["gone:2"],
-                                 probe=probe)
-        first = await link.verify(list(PROMPT), [])
-        unseen = [first.next_token]
+        flaky, link, unseen = await _started(stub, health, candidates=lambda: ["gone:2"], probe=probe)
         flaky.down = True
         with pytest.raises(CloudDown):
             await link.verify(unseen, [])
