@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import tempfile
 import time
@@ -26,7 +25,7 @@ from edgecloud.client import Client, Summary
 from edgecloud.demo import start_cluster
 from edgecloud.humaneval import Problem, chat_request, load_problems
 from edgecloud.models.loader import resolve_source
-from edgecloud.processes import DaemonGroup
+from edgecloud.processes import DaemonGroup, free_port
 from edgecloud.routing.prompts import CLOSING_FENCE
 
 SLM = "qwen2.5-coder-0.5b-instruct"
@@ -112,11 +111,6 @@ def aggregate(label: str, summaries: list[Summary], slm_wall_per_token: float | 
             row[f"vs_slm_only_rtt{rtt}ms"] = (tokens / modeled) * slm_wall_per_token
     return row
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def proxy_check(problems: list[Problem], slm_path: Path, llm_path: Path, max_tokens: int, one_way_ms: float,

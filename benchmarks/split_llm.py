@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import platform
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -67,18 +66,13 @@ def _merge(parts: list[dict], weights: list[int]) -> dict:
 DAEMON_PROMPT = "Write a Python function that returns the n-th Fibonacci number iteratively."
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def run_daemons(args: argparse.Namespace) -> None:
     """Greedy split generation through a shaped link: tokens/s per (rate, codec)."""
     from edgecloud.client import Client
     from edgecloud.loop_thread import LoopThread
     from edgecloud.models.loader import resolve_source
-    from edgecloud.processes import DaemonGroup
+    from edgecloud.processes import DaemonGroup, free_port
     from edgecloud.simulator.profiles import LinkProfile
     from edgecloud.simulator.proxy import ShapingProxy
 
@@ -88,7 +82,7 @@ def run_daemons(args: argparse.Namespace) -> None:
     result = {"benchmark": "split_llm_daemons", "model": args.model, "cut": cut, "prompt": DAEMON_PROMPT,
               "max_tokens": args.max_tokens, "one_way_ms": args.one_way_ms,
               "machine": {"platform": platform.platform(), "torch": torch.__version__}, "runs": []}
-    port = _free_port()
+    port = free_port()
     with LoopThread() as loop, DaemonGroup(log_dir=Path(tempfile.mkdtemp(prefix="split-llm-"))) as group:
         link = loop.run(ShapingProxy.create(upstream=f"127.0.0.1:{port}", profile=LinkProfile()))
         group.start("cloud", ["-m", "edgecloud.cloud_node", "--model", str(folder), "--listen", f"127.0.0.1:{port}",

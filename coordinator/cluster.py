@@ -396,15 +396,13 @@ class Cluster:
         requests name: a cloud that is down is still one this cluster registered)."""
         return sorted({v.info.address for v in self.nodes(include_stale=True) if v.info.role == Role.CLOUD})
 
-    def last_known(self, role: Role, model: str | None = None, *, capability: int | None = None) -> NodeInfo | None:
-        """The most recently heard node of ``role`` (live or not, not yet forgotten) that runs ``model``
-        and has ``capability``: where a request goes when no such node is live, to be served degraded
-        until it is back."""
+    def last_known(self, role: Role, model: str | None = None) -> NodeInfo | None:
+        """The most recently heard node of ``role`` (live or not, not yet forgotten) that runs ``model``:
+        where a request goes when no such node is live, to be served degraded until it is back."""
         with self._lock:
             self._expire(self._clock())
             candidates = [n for n in self._nodes.values()
-                          if n.info.role == role and (model is None or model in n.info.models)
-                          and (capability is None or capability in n.info.capabilities)]
+                          if n.info.role == role and (model is None or model in n.info.models)]
         return max(candidates, key=lambda n: n.last_seen).info if candidates else None
 
     # Placement ------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ async def serve(config: CoordinatorConfig) -> None:
     for role in Role:
         bind_gauge(f"live_{role.value}_nodes", f"Placeable {role.value} nodes.", lambda role=role: len(cluster.live(role)))
 
-    telemetry = CoordinatorTelemetry(servicer.cluster, mqtt=config.mqtt, embedded_listen=config.mqtt_listen,
+    telemetry = CoordinatorTelemetry(cluster, mqtt=config.mqtt, embedded_listen=config.mqtt_listen,
                                      cluster_name=config.cluster)
 
     async def started(_address: str) -> None:

@@ -70,19 +70,16 @@ class GrpcCloudLink:
 
     def prefetch(self, unseen: list[int]) -> None:
         """Push unseen context in the background (OpenSession with it, then Extend), a batch at a time."""
-        if self._push is not None and not self._push.done():
-            return
-        if len(unseen) - self._pushed < self.prefetch_batch_tokens:
-            return
-        self._push = asyncio.create_task(self._push_context(unseen[self._pushed:]))
+        if len(unseen) - self._pushed >= self.prefetch_batch_tokens:
+            self.rebuild(unseen)
 
     def rebuild(self, unseen: list[int]) -> asyncio.Task:
-        """After ``restart``: open the new session in the background with the whole history plus ``unseen``
-        (the router's, which keeps growing meanwhile; the next ``verify`` sends the rest). If it fails,
-        that ``verify`` opens the session itself."""
-        if self._push is not None and not self._push.done():
-            return self._push
-        self._push = asyncio.create_task(self._push_context(unseen[self._pushed:]))
+        """Push the part of ``unseen`` (the router's list, which keeps growing meanwhile) not yet in the
+        history, in the background, unless a push is running (that one is returned). With no live session
+        (after ``restart``) this opens one with the whole history; the next ``verify`` sends the rest,
+        and opens the session itself if the push failed."""
+        if self._push is None or self._push.done():
+            self._push = asyncio.create_task(self._push_context(unseen[self._pushed:]))
         return self._push
 
     async def _push_context(self, tokens: list[int]) -> None:
@@ -151,7 +148,7 @@ class GrpcCloudLink:
     async def settle(self) -> LinkVerdict:
         """Wait for a background push still running; the pushes' cost since the last verdict."""
         if self._push is not None:
-            with contextlib.suppress(grpc.aio.AioRpcError, DomainError, OSError):
+            with contextlib.suppress(Exception):  # as in _settle_push: a failed push costs the request nothing
                 await self._push
         background, self._background = self._background, _Background()
         return LinkVerdict(accepted=0, next_token=-1, cloud_compute_s=background.compute_s,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,14 @@ from pathlib import Path
 READY_PREFIX = "EDGECLOUD_READY"
 ENDPOINT_PREFIX = "EDGECLOUD_ENDPOINT"
 MAX_LINE_BYTES = 4096  # of a line on a starting daemon's stdout (the rest is dropped)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (another process may take it before it is bound: rare). For a
+    daemon whose address must be known before it starts; otherwise pass port 0 and read the READY line."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class DaemonStartError(RuntimeError):

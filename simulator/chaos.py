@@ -8,22 +8,14 @@ on a new port; the proxy then forwards new connections to the new process.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from edgecloud.loop_thread import LoopThread
-from edgecloud.processes import DaemonProcess
+from edgecloud.processes import DaemonProcess, free_port
 from edgecloud.simulator.profiles import LinkProfile
 from edgecloud.simulator.proxy import ShapingProxy
-
-
-def free_port() -> int:
-    """A TCP port free on loopback now (another process may take it before it is bound: rare)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RestartableDaemon:

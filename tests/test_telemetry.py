@@ -18,7 +18,7 @@ from edgecloud import Client
 from edgecloud.coordinator.cluster import Cluster, Role
 from edgecloud.coordinator.telemetry import TelemetryIngest
 from edgecloud.mqtt import parse_url, redact
-from edgecloud.processes import DaemonGroup, DaemonProcess, DaemonStartError
+from edgecloud.processes import DaemonGroup, DaemonProcess, DaemonStartError, free_port
 from edgecloud.telemetry import (
     MAX_PAYLOAD_BYTES,
     BadPayload,
@@ -46,11 +46,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> fl
     return time.monotonic() - start
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _listening(port: int) -> bool:
     with socket.socket() as s:
@@ -70,7 +65,7 @@ def start_mosquitto(folder: Path, users: dict[str, str] | None = None) -> tuple[
     else:
         lines += ["allow_anonymous true"]
     for _ in range(5):
-        port = _free_port()
+        port = free_port()
         conf = folder / "mosquitto.conf"
         conf.write_text("\n".join([f"listener {port} 127.0.0.1", *lines]) + "\n")
         log = (folder / "mosquitto.log").open("ab")
