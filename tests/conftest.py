@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -210,19 +211,34 @@ def make_tiny_pair(tiny_tokenizer_folder):
     return build
 
 
+def _start_tiny_nodes(group: DaemonGroup, folders: dict[str, Path], *, coordinator_args: Sequence[str] = (),
+                      node_args: Sequence[str] = (), max_tokens: int = 64) -> tuple:
+    """Coordinator, cloud (``folders["llm"]``) and edge (``folders["slm"]``) started in ``group`` on port 0, the
+    nodes registering with the coordinator; ``node_args`` go to all three. (coordinator, cloud, edge)."""
+    coordinator = group.start("coordinator", ["-m", "edgecloud.coordinator", "--listen", "127.0.0.1:0",
+                                              "--heartbeat-interval-s", "1", *coordinator_args, *node_args])
+    cloud = group.start("cloud", ["-m", "edgecloud.cloud_node", "--model", str(folders["llm"]), "--dtype", "fp32",
+                                  "--listen", "127.0.0.1:0", "--coordinator", coordinator.address, "--threads", "1",
+                                  *node_args])
+    edge = group.start("edge", ["-m", "edgecloud.edge_node", "--model", str(folders["slm"]), "--dtype", "fp32",
+                                "--listen", "127.0.0.1:0", "--coordinator", coordinator.address,
+                                "--max-tokens-limit", str(max_tokens), "--threads", "1", *node_args])
+    return coordinator, cloud, edge
+
+
+@pytest.fixture(scope="session")
+def start_tiny_nodes():
+    """``start_tiny_nodes(group, folders, coordinator_args=..., node_args=..., max_tokens=...)``."""
+    return _start_tiny_nodes
+
+
 @pytest.fixture(scope="module")
 def tiny_cluster(tmp_path_factory, make_tiny_pair):
     """Coordinator, cloud (3-layer tiny LLM) and edge (2-layer tiny SLM) as real processes on port 0."""
     root = tmp_path_factory.mktemp("cluster")
     folders = make_tiny_pair(root, PAIR_SEEDS)
     with DaemonGroup(log_dir=root / "logs") as group:
-        coordinator = group.start("coordinator", ["-m", "edgecloud.coordinator", "--listen", "127.0.0.1:0",
-                                                  "--heartbeat-interval-s", "1"])
-        cloud = group.start("cloud", ["-m", "edgecloud.cloud_node", "--model", str(folders["llm"]), "--dtype", "fp32",
-                                      "--listen", "127.0.0.1:0", "--coordinator", coordinator.address, "--threads", "1"])
-        edge = group.start("edge", ["-m", "edgecloud.edge_node", "--model", str(folders["slm"]), "--dtype", "fp32",
-                                    "--listen", "127.0.0.1:0", "--coordinator", coordinator.address,
-                                    "--max-tokens-limit", "64", "--threads", "1"])
+        coordinator, cloud, edge = _start_tiny_nodes(group, folders)
         client = Client(coordinator.address, timeout_s=120)
         client.wait_for_nodes(2)
         yield {"client": client, "coordinator": coordinator, "cloud": cloud, "edge": edge, "folders": folders}

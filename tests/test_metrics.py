@@ -97,19 +97,13 @@ def test_an_unauthorized_scrape_is_401() -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, make_tiny_pair):
+def cluster(tmp_path_factory, make_tiny_pair, start_tiny_nodes):
     root = tmp_path_factory.mktemp("metrics")
     folders = make_tiny_pair(root, (21, 22))
     flags = ["--metrics-listen", "127.0.0.1:0", "--auth-token", TOKEN, "--node-token", NODE_TOKEN]
     with DaemonGroup(log_dir=root / "logs") as group:
-        coordinator = group.start("coordinator", ["-m", "edgecloud.coordinator", "--listen", "127.0.0.1:0",
-                                                  "--heartbeat-interval-s", "1", "--mqtt-listen", "none", *flags])
-        cloud = group.start("cloud", ["-m", "edgecloud.cloud_node", "--model", str(folders["llm"]), "--dtype", "fp32",
-                                      "--listen", "127.0.0.1:0", "--coordinator", coordinator.address,
-                                      "--threads", "1", *flags])
-        edge = group.start("edge", ["-m", "edgecloud.edge_node", "--model", str(folders["slm"]), "--dtype", "fp32",
-                                    "--listen", "127.0.0.1:0", "--coordinator", coordinator.address,
-                                    "--max-tokens-limit", "32", "--threads", "1", *flags])
+        coordinator, cloud, edge = start_tiny_nodes(group, folders, coordinator_args=["--mqtt-listen", "none"],
+                                                    node_args=flags, max_tokens=32)
         client = Client(coordinator.address, security=SecurityConfig(auth_token=TOKEN), timeout_s=120)
         client.wait_for_nodes(2)
         yield client, {name: d.endpoints["metrics"] for name, d in

@@ -333,18 +333,12 @@ def test_http_auth_routes_size_and_in_flight_limits() -> None:
 # Real daemons ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def openai_cluster(tmp_path_factory, make_tiny_pair):
+def openai_cluster(tmp_path_factory, make_tiny_pair, start_tiny_nodes):
     """``tiny_cluster`` with the coordinator's OpenAI API on (``--openai-listen 127.0.0.1:0``)."""
     root = tmp_path_factory.mktemp("openai-cluster")
     folders = make_tiny_pair(root, PAIR_SEEDS)
     with DaemonGroup(log_dir=root / "logs") as group:
-        coordinator = group.start("coordinator", ["-m", "edgecloud.coordinator", "--listen", "127.0.0.1:0",
-                                                  "--openai-listen", "127.0.0.1:0", "--heartbeat-interval-s", "1"])
-        for name, module, folder, extra in (("cloud", "edgecloud.cloud_node", folders["llm"], []),
-                                            ("edge", "edgecloud.edge_node", folders["slm"],
-                                             ["--max-tokens-limit", "64"])):
-            group.start(name, ["-m", module, "--model", str(folder), "--dtype", "fp32", "--listen", "127.0.0.1:0",
-                               "--coordinator", coordinator.address, "--threads", "1", *extra])
+        coordinator, _, _ = start_tiny_nodes(group, folders, coordinator_args=["--openai-listen", "127.0.0.1:0"])
         client = Client(coordinator.address, timeout_s=120)
         client.wait_for_nodes(2)
         yield {"client": client, "url": coordinator.endpoints["openai"], "coordinator": coordinator}

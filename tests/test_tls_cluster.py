@@ -21,7 +21,7 @@ STATUS = {"coordinator": ("/edgecloud.v1.Coordinator/GetClusterStatus", coordina
 
 
 @pytest.fixture(scope="module")
-def secure_cluster(tmp_path_factory, make_tiny_pair):
+def secure_cluster(tmp_path_factory, make_tiny_pair, start_tiny_nodes):
     root = tmp_path_factory.mktemp("tls")
     certs = write_dev_certificates(root / "certs", ["localhost", "127.0.0.1"])
     folders = make_tiny_pair(root, (21, 22))
@@ -29,14 +29,7 @@ def secure_cluster(tmp_path_factory, make_tiny_pair):
              "--tls-client-ca", str(certs.ca_cert), "--tls-client-cert", str(certs.node_cert),
              "--tls-client-key", str(certs.node_key), "--auth-token", TOKEN, "--node-token", NODE_TOKEN]
     with DaemonGroup(log_dir=root / "logs") as group:
-        coordinator = group.start("coordinator", ["-m", "edgecloud.coordinator", "--listen", "127.0.0.1:0",
-                                                  "--heartbeat-interval-s", "1", *flags])
-        cloud = group.start("cloud", ["-m", "edgecloud.cloud_node", "--model", str(folders["llm"]), "--dtype", "fp32",
-                                      "--listen", "127.0.0.1:0", "--coordinator", coordinator.address,
-                                      "--threads", "1", *flags])
-        edge = group.start("edge", ["-m", "edgecloud.edge_node", "--model", str(folders["slm"]), "--dtype", "fp32",
-                                    "--listen", "127.0.0.1:0", "--coordinator", coordinator.address,
-                                    "--max-tokens-limit", "16", "--threads", "1", *flags])
+        coordinator, cloud, edge = start_tiny_nodes(group, folders, node_args=flags, max_tokens=16)
         full = SecurityConfig(tls_ca_path=str(certs.ca_cert), auth_token=TOKEN,
                               tls_client_cert_path=str(certs.client_cert), tls_client_key_path=str(certs.client_key))
         client = Client(coordinator.address, security=full, timeout_s=120)
